@@ -1,0 +1,1 @@
+"""StreamGuard: stops LLM token bleed."""
