@@ -1,1 +1,52 @@
-"""StreamGuard: stops LLM token bleed."""
+"""StreamGuard: stops LLM token bleed.
+
+``instrument()`` at start-up guards every stream of the installed provider SDKs: the upstream
+is closed the moment its consumer is gone, buffers are bounded, and every stream gets exactly
+one signed, hash-chained receipt, emitted on its span and as an OTLP log record.
+"""
+
+from __future__ import annotations
+
+from streamguard._config import Options
+from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
+from streamguard._engine.handle import StreamHandle, active_streams, cancel_stream
+from streamguard._engine.reasons import Category, Outcome, StopReason
+from streamguard._engine.session import StreamSession
+from streamguard._instrument import instrument, is_instrumented, uninstrument
+from streamguard._receipts.model import Receipt
+from streamguard._telemetry.setup import configure_otel
+from streamguard.exceptions import (
+    BudgetExceeded,
+    ConfigurationError,
+    ReceiptVerificationError,
+    StreamBlocked,
+    StreamCancelled,
+    StreamGuardError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetExceeded",
+    "Category",
+    "ConfigurationError",
+    "GuardedAsyncIterator",
+    "GuardedIterator",
+    "Options",
+    "Outcome",
+    "Receipt",
+    "ReceiptVerificationError",
+    "StopReason",
+    "StreamBlocked",
+    "StreamCancelled",
+    "StreamGuardError",
+    "StreamHandle",
+    "StreamSession",
+    "__version__",
+    "active_streams",
+    "cancel_stream",
+    "configure_otel",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
+]

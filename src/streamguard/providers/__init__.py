@@ -1,0 +1,12 @@
+"""One subpackage per provider SDK: patch targets, chunk metering, usage, closing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["all_patchers"]
+
+
+def all_patchers() -> list[Any]:
+    """A patcher per supported SDK; each skips itself when its SDK is not installed."""
+    return []

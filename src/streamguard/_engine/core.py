@@ -1,0 +1,420 @@
+"""The stream state machine and its accounting: one per stream, shared by every driver.
+
+Life of a stream::
+
+    OPEN --first stop signal--> STOPPING --upstream closed--> CLOSED --receipt sealed--> FINAL
+
+- The first stop signal wins (``request_stop`` returns True once); later ones are recorded
+  and change nothing.
+- The cutoff is the first stop: from then on the counters are frozen, and a unit that still
+  arrives is counted as ``post_cutoff`` and never handed over.
+- The upstream is closed exactly once, whoever stops the stream and from whichever thread;
+  an async upstream is closed on its own event loop.
+- Exactly one receipt is sealed per stream, after the upstream is closed, on every path.
+
+A core never references the object the application holds (the guard): the registry and the
+watchdog keep cores alive, and a guard that nobody holds must still be collectable so that its
+finaliser can close the upstream (PROVIDERS.md pitfall 12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from streamguard._engine.reasons import StopReason
+
+if TYPE_CHECKING:
+    from streamguard._receipts.model import Receipt
+    from streamguard._runtime import Runtime
+
+__all__ = ["HIDE", "NOT_A_UNIT", "StreamCore"]
+
+#: Returned by a meter for a chunk that is passed through but is not model output.
+NOT_A_UNIT = -1
+#: Returned by a meter for a chunk the application must not see (an injected usage chunk).
+HIDE = -2
+
+OPEN, STOPPING, CLOSED, FINAL = 0, 1, 2, 3
+
+_monotonic_ns = time.monotonic_ns
+_time_ns = time.time_ns
+
+
+class StreamCore:
+    """State, counters and lifecycle of one stream. Thread-safe; never held by the SDK."""
+
+    __slots__ = (
+        "__weakref__",
+        "_aclose",
+        "_close",
+        "_final_event",
+        "_later",
+        "_lock",
+        "_loop",
+        "_pending",
+        "_receipt_waiters",
+        "attributes",
+        "checks",
+        "committed",
+        "committed_tokens",
+        "consumed",
+        "consumed_tokens",
+        "detail",
+        "error_type",
+        "estimated_output_tokens",
+        "in_read",
+        "input_tokens",
+        "model",
+        "operation",
+        "phase",
+        "post_cutoff",
+        "post_cutoff_tokens",
+        "produced",
+        "produced_tokens",
+        "provider",
+        "receipt",
+        "rejected",
+        "request_max_tokens",
+        "response_id",
+        "response_model",
+        "finish_reasons",
+        "runtime",
+        "server_address",
+        "server_port",
+        "span",
+        "stop_exc",
+        "stop_reason",
+        "stream_id",
+        "t_first_chunk",
+        "t_last",
+        "t_started",
+        "t_started_mono",
+        "t_stop_requested",
+        "t_stop_mono",
+        "t_upstream_closed",
+        "t_upstream_closed_mono",
+        "usage_exact",
+        "watch",
+    )
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        provider: str,
+        model: str | None,
+        operation: str = "chat",
+        request_max_tokens: int | None = None,
+        attributes: Mapping[str, str | int | bool] | None = None,
+        stream_id: str | None = None,
+        server_address: str | None = None,
+        server_port: int | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.stream_id = stream_id or uuid.uuid4().hex
+        self.provider = provider
+        self.model = model
+        self.operation = operation
+        self.request_max_tokens = request_max_tokens
+        self.attributes = dict(attributes or {})
+        self.server_address = server_address
+        self.server_port = server_port
+        self._lock = threading.Lock()
+        self.phase = OPEN
+        self.stop_reason: StopReason | None = None
+        self.stop_exc: BaseException | None = None  # what the consumer gets, set by checks
+        self.detail: str | None = None
+        self.error_type: str | None = None
+        self.rejected = False
+        self._later: list[str] = []
+        # Units (chunks carrying model output) and the tokens they carry.
+        self.produced = self.committed = self.consumed = self.post_cutoff = 0
+        self.produced_tokens = self.committed_tokens = self.consumed_tokens = 0
+        self.post_cutoff_tokens = 0
+        self._pending: collections.deque[int] = collections.deque()  # committed, not consumed
+        self.input_tokens: int | None = None
+        self.usage_exact: int | None = None  # output tokens reported by the provider
+        self.estimated_output_tokens: int | None = None  # the estimate usage replaced
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.finish_reasons: list[str] = []
+        self.t_started = _time_ns()
+        self.t_started_mono = _monotonic_ns()
+        self.t_first_chunk: int | None = None
+        self.t_last = self.t_started_mono  # last hand-over (monotonic ns): the stall clock
+        self.in_read = False  # inside an upstream read: the idle clock runs from t_last
+        self.t_stop_requested: int | None = None
+        self.t_stop_mono: int | None = None
+        self.t_upstream_closed: int | None = None
+        self.t_upstream_closed_mono: int | None = None
+        self._close: Callable[[], object] | None = None
+        self._aclose: Callable[[], Awaitable[object]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._final_event = threading.Event()
+        self._receipt_waiters: list[asyncio.Future[Any]] = []
+        self.receipt: Receipt | None = None
+        self.span: Any = None
+        self.checks: list[Callable[[StreamCore, Any, int], None]] | None = None
+        self.watch: Any = None
+        runtime.stream_opened(self)
+
+    # ----------------------------------------------------------------- upstream binding
+    def bind_upstream(
+        self,
+        close: Callable[[], object] | None = None,
+        aclose: Callable[[], Awaitable[object]] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Say how to close the upstream: ``close`` (sync) and/or ``aclose`` run on ``loop``.
+
+        The callables must not reference the guard the application holds.
+        """
+        self._close = close
+        self._aclose = aclose
+        if aclose is not None and loop is None:
+            loop = asyncio.get_running_loop()
+        self._loop = loop
+
+    # ------------------------------------------------------------------------ counters
+    def admit(self, tokens: int, chunk: object = None) -> bool:
+        """A unit arrived from upstream and is about to be handed over.
+
+        Returns False, counting it as ``post_cutoff``, when the stream is already cut; the
+        caller must then not hand it over. Checks (budget, policy, caps) run between produced
+        and committed; a check that stops the stream keeps the unit from being handed over.
+        """
+        with self._lock:
+            if self.stop_reason is not None:
+                self.post_cutoff += 1
+                self.post_cutoff_tokens += tokens
+                return False
+            self.produced += 1
+            self.produced_tokens += tokens
+            if self.t_first_chunk is None:
+                self.t_first_chunk = _time_ns()
+        if self.checks is not None:
+            for check in self.checks:
+                check(self, chunk, tokens)
+        with self._lock:
+            if self.stop_reason is not None:
+                return False
+            self.committed += 1
+            self.committed_tokens += tokens
+            self._pending.append(tokens)
+            self.t_last = _monotonic_ns()
+        return True
+
+    def produce_only(self, tokens: int) -> bool:
+        """Count a unit received into a buffer (StreamSession); False after the cutoff."""
+        with self._lock:
+            if self.stop_reason is not None:
+                self.post_cutoff += 1
+                self.post_cutoff_tokens += tokens
+                return False
+            self.produced += 1
+            self.produced_tokens += tokens
+            if self.t_first_chunk is None:
+                self.t_first_chunk = _time_ns()
+            return True
+
+    def commit_buffered(self, tokens: int) -> bool:
+        """Hand over a unit already counted by ``produce_only``; False after the cutoff."""
+        with self._lock:
+            if self.stop_reason is not None:
+                return False
+            self.committed += 1
+            self.committed_tokens += tokens
+            self._pending.append(tokens)
+            self.t_last = _monotonic_ns()
+            return True
+
+    def consume(self, units: int = 1) -> int:
+        """The consumer is done with up to ``units`` handed-over units; frozen after the cutoff."""
+        done = 0
+        with self._lock:
+            if self.stop_reason is not None:
+                return 0
+            pending = self._pending
+            while done < units and pending:
+                self.consumed_tokens += pending.popleft()
+                done += 1
+            self.consumed += done
+            self.t_last = _monotonic_ns()
+        return done
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    def set_usage(
+        self, *, input_tokens: int | None = None, output_tokens: int | None = None
+    ) -> None:
+        """Provider-reported usage: replaces the estimate (the last report wins)."""
+        with self._lock:
+            if input_tokens is not None:
+                self.input_tokens = input_tokens
+            if output_tokens is not None:
+                if self.usage_exact is None:
+                    self.estimated_output_tokens = self.produced_tokens
+                self.usage_exact = output_tokens
+
+    # ------------------------------------------------------------------------ stopping
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+    def request_stop(
+        self,
+        reason: StopReason,
+        detail: str | None = None,
+        *,
+        error: BaseException | None = None,
+        rejected: bool = False,
+    ) -> bool:
+        """Stop the stream: cut the counters, close the upstream, then seal the receipt.
+
+        Safe from any thread. The first call wins and returns True; later calls are recorded
+        and return False. An async upstream is closed by a task on its own loop; this call does
+        not wait for it (use ``stop_async`` inside a coroutine to wait).
+        """
+        with self._lock:
+            if self.stop_reason is not None:
+                if len(self._later) < 16:
+                    self._later.append(str(reason))
+                return False
+            self.stop_reason = reason
+            self.detail = detail
+            self.rejected = rejected
+            if error is not None:
+                self.error_type = type(error).__qualname__
+            self.t_stop_requested = _time_ns()
+            self.t_stop_mono = _monotonic_ns()
+            self.phase = STOPPING
+        self.runtime.unwatch(self)
+        self._close_upstream()
+        return True
+
+    async def stop_async(self, reason: StopReason, detail: str | None = None) -> bool:
+        """``request_stop`` from a coroutine, waiting until the receipt is sealed."""
+        first = self.request_stop(reason, detail)
+        await self.wait_final_async()
+        return first
+
+    def _close_upstream(self) -> None:
+        aclose, loop = self._aclose, self._loop
+        if aclose is not None and loop is not None:
+            self._aclose = None
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                _spawn(loop, self._run_aclose(aclose))
+                return
+            if not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(_spawn, loop, self._run_aclose(aclose))
+                    return
+                except RuntimeError:  # the loop closed between the check and the call
+                    pass
+            self.detail = self.detail or "the upstream's event loop was closed"
+            self._closed()
+            return
+        close, self._close = self._close, None
+        try:
+            if close is not None:
+                close()
+        except Exception as exc:  # the upstream is gone either way; say so in the receipt
+            self.detail = self.detail or f"closing the upstream raised {type(exc).__name__}"
+        self._closed()
+
+    async def _run_aclose(self, aclose: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await aclose()
+        except BaseException as exc:  # cancellation of the closer must not skip the receipt
+            self.detail = self.detail or f"closing the upstream raised {type(exc).__name__}"
+            self._closed()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._closed()
+
+    def _closed(self) -> None:
+        with self._lock:
+            if self.phase >= CLOSED:
+                return
+            self.phase = CLOSED
+            self.t_upstream_closed = _time_ns()
+            self.t_upstream_closed_mono = _monotonic_ns()
+        self.runtime.finalize(self)
+
+    # ------------------------------------------------------------------------ finishing
+    def mark_final(self, receipt: Receipt | None) -> None:
+        """Called once by the runtime after the receipt is sealed and emitted."""
+        with self._lock:
+            self.receipt = receipt
+            self.phase = FINAL
+            waiters, self._receipt_waiters = self._receipt_waiters, []
+        self._final_event.set()
+        for fut in waiters:
+            fut_loop = fut.get_loop()
+            if not fut_loop.is_closed():
+                fut_loop.call_soon_threadsafe(_resolve, fut)
+
+    def wait_final(self, timeout: float | None = None) -> Receipt | None:
+        """Block until the receipt is sealed (or ``timeout``); returns it."""
+        self._final_event.wait(timeout)
+        return self.receipt
+
+    async def wait_final_async(self) -> Receipt | None:
+        if self.phase == FINAL:
+            return self.receipt
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self.phase != FINAL:
+                self._receipt_waiters.append(fut)
+            else:
+                fut.set_result(None)
+        await fut
+        return self.receipt
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live counters (``stats``), consistent at one instant."""
+        with self._lock:
+            return {
+                "stream_id": self.stream_id,
+                "state": ("open", "stopping", "closed", "final")[self.phase],
+                "reason": None if self.stop_reason is None else str(self.stop_reason),
+                "produced": self.produced,
+                "committed": self.committed,
+                "consumed": self.consumed,
+                "post_cutoff": self.post_cutoff,
+                "produced_tokens": self.produced_tokens,
+                "committed_tokens": self.committed_tokens,
+                "consumed_tokens": self.consumed_tokens,
+                "undelivered": self.produced - self.consumed,
+            }
+
+    def later_signals(self) -> list[str]:
+        return list(self._later)
+
+
+def _resolve(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# Tasks that close upstreams are kept here until done: the loop itself holds tasks weakly.
+_closing_tasks: set[asyncio.Task[None]] = set()
+
+
+def _spawn(loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+    task = loop.create_task(coro)
+    _closing_tasks.add(task)
+    task.add_done_callback(_closing_tasks.discard)

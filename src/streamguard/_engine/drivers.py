@@ -1,0 +1,241 @@
+"""Sync and async drivers: pull chunks from an upstream iterator through a ``StreamCore``.
+
+A driver is the read boundary. Every ``next`` marks the previous unit consumed, reads one
+chunk, classifies it with the provider's meter and admits it through the core, so that nothing
+reaches the application after the cutoff. Every exception at the boundary, ``BaseException``
+included, stops the stream before it propagates: cancellation is an outcome, not an error.
+
+The generic guards at the bottom wrap any iterator or async iterator plus a close callable;
+provider guards reuse the drivers with their own meters and closers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from streamguard._engine.core import HIDE, StreamCore
+from streamguard._engine.reasons import StopReason
+from streamguard.exceptions import BudgetExceeded, StreamBlocked, StreamCancelled
+
+__all__ = ["AsyncDriver", "Meter", "SyncDriver", "stop_error"]
+
+T = TypeVar("T")
+#: chunk -> tokens it carries (>= 0: a unit), NOT_A_UNIT (pass through) or HIDE (drop).
+Meter = Callable[[Any], int]
+
+_monotonic_ns = time.monotonic_ns
+_QUIET = frozenset(
+    {StopReason.COMPLETED, StopReason.CONSUMER_CLOSED, StopReason.CONSUMER_CANCELLED}
+)
+
+
+def _one_unit(chunk: object) -> int:
+    return 1
+
+
+def stop_error(core: StreamCore) -> BaseException | None:
+    """What the application gets when it reads a stream the guard has stopped.
+
+    None (the iteration just ends) when the stream completed or the consumer itself left;
+    the policy exceptions for budget and content stops; ``StreamCancelled`` for every other
+    stop, so a truncated answer is never mistaken for a complete one.
+    """
+    reason = core.stop_reason
+    if reason is None or reason in _QUIET:
+        return None
+    if core.stop_exc is not None:
+        return core.stop_exc
+    detail = core.detail or str(reason)
+    if reason is StopReason.BUDGET_EXCEEDED:
+        return BudgetExceeded(f"Budget exceeded: {detail}.", stream_id=core.stream_id)
+    if reason is StopReason.CONTENT_POLICY:
+        return StreamBlocked(f"Output blocked: {detail}.", stream_id=core.stream_id)
+    return StreamCancelled(
+        f"StreamGuard stopped stream {core.stream_id} ({reason}): {detail}.",
+        reason=str(reason),
+        stream_id=core.stream_id,
+    )
+
+
+class _Driver:
+    __slots__ = ("_errored", "core", "meter")
+
+    def __init__(self, core: StreamCore, meter: Meter | None) -> None:
+        self.core = core
+        self.meter = meter or _one_unit
+        self._errored = False
+
+    def _after_stop(self) -> BaseException | None:
+        """The exception for a read after the stop: raised once, then the iteration ends."""
+        if self._errored:
+            return None
+        self._errored = True
+        return stop_error(self.core)
+
+    def _upstream_failed(self, exc: BaseException, cancelled: bool) -> BaseException | None:
+        """An exception at the read boundary: stop the stream; return what to raise instead."""
+        core = self.core
+        core.in_read = False
+        if core.stop_reason is not None and not isinstance(exc, asyncio.CancelledError):
+            # The guard cut the stream (deadline, cancel from elsewhere) and the SDK noticed.
+            return self._after_stop() or exc
+        if cancelled or not isinstance(exc, Exception):
+            core.request_stop(
+                StopReason.CONSUMER_CANCELLED, f"{type(exc).__name__} at the read boundary"
+            )
+        else:
+            self._errored = True
+            core.request_stop(
+                StopReason.UPSTREAM_ERROR, f"{type(exc).__name__}: {exc}"[:300], error=exc
+            )
+        return None
+
+
+class SyncDriver(_Driver):
+    """Reads a sync iterator through the core."""
+
+    __slots__ = ("_it",)
+
+    def __init__(self, core: StreamCore, iterator: Iterator[Any], meter: Meter | None) -> None:
+        super().__init__(core, meter)
+        self._it = iterator
+
+    def next(self) -> Any:
+        core = self.core
+        if core._pending:
+            core.consume(1)
+        if core.stop_reason is not None:
+            raise self._after_stop() or StopIteration
+        core.t_last = _monotonic_ns()
+        core.in_read = True
+        meter = self.meter
+        try:
+            while True:
+                chunk = next(self._it)
+                tokens = meter(chunk)
+                if tokens != HIDE:
+                    break
+        except StopIteration:
+            core.in_read = False
+            if core.stop_reason is None:
+                core.request_stop(StopReason.COMPLETED)
+                raise
+            raise self._after_stop() or StopIteration from None
+        except BaseException as exc:
+            replacement = self._upstream_failed(exc, cancelled=False)
+            if replacement is not None and replacement is not exc:
+                raise replacement from exc
+            raise
+        core.in_read = False
+        if tokens >= 0:
+            if not core.admit(tokens, chunk):
+                raise self._after_stop() or StopIteration
+        elif core.stop_reason is not None:
+            raise self._after_stop() or StopIteration
+        return chunk
+
+    def close(self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None) -> None:
+        """Always closes the upstream; a second call is a no-op."""
+        self.core.request_stop(reason, detail)
+
+
+class AsyncDriver(_Driver):
+    """Reads an async iterator through the core; watches the task that iterates it."""
+
+    __slots__ = ("_ait", "_task", "_watcher")
+
+    def __init__(
+        self, core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None
+    ) -> None:
+        super().__init__(core, meter)
+        self._ait = iterator
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher = _TaskWatcher(core)
+
+    async def next(self) -> Any:
+        core = self.core
+        if core._pending:
+            core.consume(1)
+        if core.stop_reason is not None:
+            raise self._after_stop() or StopAsyncIteration
+        task = asyncio.current_task()
+        if task is not self._task:
+            self._follow(task)
+        core.t_last = _monotonic_ns()
+        core.in_read = True
+        meter = self.meter
+        try:
+            while True:
+                chunk = await self._ait.__anext__()
+                tokens = meter(chunk)
+                if tokens != HIDE:
+                    break
+        except StopAsyncIteration:
+            core.in_read = False
+            if core.stop_reason is None:
+                core.request_stop(StopReason.COMPLETED)
+                raise
+            raise self._after_stop() or StopAsyncIteration from None
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            replacement = self._upstream_failed(exc, cancelled=cancelled)
+            if replacement is not None and replacement is not exc:
+                raise replacement from exc
+            raise
+        core.in_read = False
+        if tokens >= 0:
+            if not core.admit(tokens, chunk):
+                raise self._after_stop() or StopAsyncIteration
+        elif core.stop_reason is not None:
+            raise self._after_stop() or StopAsyncIteration
+        return chunk
+
+    def _follow(self, task: asyncio.Task[Any] | None) -> None:
+        # The end of the task that iterates the stream is a stop signal when it ends by
+        # cancellation or an exception: that is how a loop left by an exception shows itself
+        # (the traceback keeps the stream alive, so nothing else would). A task that returns
+        # normally may have handed the stream on, so it is left to the other signals.
+        old, self._task = self._task, task
+        if old is not None:
+            old.remove_done_callback(self._watcher)
+        if task is not None:
+            task.add_done_callback(self._watcher)
+
+    async def aclose(
+        self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None
+    ) -> None:
+        """Always closes the upstream, even when cancelled; a second call is a no-op."""
+        self._unfollow()
+        await self.core.stop_async(reason, detail)
+
+    def _unfollow(self) -> None:
+        if self._task is not None:
+            self._task.remove_done_callback(self._watcher)
+            self._task = None
+
+
+class _TaskWatcher:
+    """The done callback of the task iterating a stream (an object, so it can be removed)."""
+
+    __slots__ = ("core",)
+
+    def __init__(self, core: StreamCore) -> None:
+        self.core = core
+
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        core = self.core
+        if core.stop_reason is not None:
+            return
+        if task.cancelled():
+            core.request_stop(
+                StopReason.CONSUMER_CANCELLED, "the task iterating the stream was cancelled"
+            )
+        elif task.exception() is not None:
+            exc = task.exception()
+            core.request_stop(
+                StopReason.CONSUMER_CLOSED,
+                f"the task iterating the stream raised {type(exc).__name__}",
+            )

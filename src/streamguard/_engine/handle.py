@@ -1,0 +1,83 @@
+"""The application's handle on a stream, and the process registry of open streams."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from streamguard._engine.core import StreamCore
+from streamguard._engine.reasons import StopReason
+
+if TYPE_CHECKING:
+    from streamguard._receipts.model import Receipt
+
+__all__ = ["StreamHandle", "active_streams", "cancel_stream", "to_reason"]
+
+
+def to_reason(reason: StopReason | str) -> StopReason:
+    try:
+        return StopReason(reason)
+    except ValueError:
+        known = ", ".join(r.value for r in StopReason)
+        raise ValueError(f"Unknown stop reason {reason!r}; use one of: {known}.") from None
+
+
+class StreamHandle:
+    """``stream_id``, live ``stats``, ``cancel(reason)`` and, once final, ``receipt``."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: StreamCore) -> None:
+        self._core = core
+
+    @property
+    def stream_id(self) -> str:
+        return self._core.stream_id
+
+    @property
+    def provider(self) -> str:
+        return self._core.provider
+
+    @property
+    def model(self) -> str | None:
+        return self._core.model
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The counters at one instant (a fresh dict each time)."""
+        return self._core.snapshot()
+
+    @property
+    def receipt(self) -> Receipt | None:
+        """The signed receipt once the stream is final, else None."""
+        return self._core.receipt
+
+    def cancel(self, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None) -> bool:
+        """Stop the stream now. True if this call stopped it; a second call is a no-op."""
+        return self._core.request_stop(to_reason(reason), detail or "cancelled by the application")
+
+    def wait_receipt(self, timeout: float | None = None) -> Receipt | None:
+        """Block until the receipt is sealed (or ``timeout`` seconds); returns it."""
+        return self._core.wait_final(timeout)
+
+    def __repr__(self) -> str:
+        core = self._core
+        return f"<StreamHandle {core.stream_id} {core.provider} {core.model} {core.stop_reason}>"
+
+
+def active_streams() -> list[StreamHandle]:
+    """Handles on every stream of this process that has no receipt yet."""
+    from streamguard._runtime import get_runtime
+
+    return [StreamHandle(core) for core in get_runtime().active()]
+
+
+def cancel_stream(
+    stream_id: str, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None
+) -> bool:
+    """Stop the stream ``stream_id`` of this process. False if unknown or already stopped."""
+    from streamguard._runtime import get_runtime
+
+    core = get_runtime().find(stream_id)
+    if core is None:
+        return False
+    return core.request_stop(to_reason(reason), detail or "cancelled by stream id")

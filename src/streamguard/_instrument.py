@@ -1,0 +1,72 @@
+"""``instrument()`` / ``uninstrument()``: patch every installed provider SDK, once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from streamguard._config import Options
+from streamguard._engine.loopthread import stop_background_loop
+from streamguard._runtime import Runtime, set_runtime
+
+__all__ = ["instrument", "is_instrumented", "uninstrument"]
+
+log = logging.getLogger("streamguard")
+_lock = threading.Lock()
+_patched: list[Any] = []  # provider patchers that applied, to undo in reverse
+_instrumented = False
+
+
+def instrument(*, sinks: Iterable[Any] = (), signer: Any = None, **options: Any) -> None:
+    """Guard every stream of the installed provider SDKs from now on.
+
+    Options are those of ``streamguard.Options`` (each also read from its ``STREAMGUARD_*``
+    environment variable; arguments win). Bad configuration raises ``ConfigurationError`` here,
+    never later inside a stream. A second call is a no-op with a warning. Example::
+
+        import streamguard
+        streamguard.instrument(stall_timeout=10, ledger_path="/var/lib/app/receipts.jsonl")
+    """
+    global _instrumented
+    with _lock:
+        if _instrumented:
+            warnings.warn(
+                "streamguard.instrument() was already called; this call changes nothing. "
+                "Call uninstrument() first to change options.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        runtime = Runtime(Options.resolve(options), signer=signer, sinks=sinks)
+        previous = set_runtime(runtime)
+        if previous is not None:
+            previous.shutdown()
+        from streamguard.providers import all_patchers
+
+        for patcher in all_patchers():
+            try:
+                if patcher.patch():
+                    _patched.append(patcher)
+            except Exception as exc:  # one SDK's patch failing must not break the others
+                log.warning("StreamGuard could not patch %s: %r", patcher.name, exc)
+        _instrumented = True
+
+
+def uninstrument() -> None:
+    """Restore the SDKs exactly, stop open streams (reason ``shutdown``), flush receipts."""
+    global _instrumented
+    with _lock:
+        while _patched:
+            _patched.pop().unpatch()
+        runtime = set_runtime(None)
+        if runtime is not None:
+            runtime.shutdown()
+        stop_background_loop()
+        _instrumented = False
+
+
+def is_instrumented() -> bool:
+    return _instrumented

@@ -1,0 +1,87 @@
+"""Prices from the maintained genai-prices table, with user overrides. Decimal strings only."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+__all__ = ["Price", "Pricing"]
+
+_MTOK = Decimal(1_000_000)
+# StreamGuard's provider names (GenAI semantic conventions) -> genai-prices provider ids.
+_PROVIDER_IDS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gcp.gemini": "google",
+    "gcp.vertex_ai": "google",
+    "mistral_ai": "mistral",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per token."""
+
+    input: Decimal
+    output: Decimal
+    source: str = "override"
+
+
+PriceFunction = Callable[[str, str], Price | None]
+
+
+class Pricing:
+    """Looks prices up once per (provider, model) and caches them."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, Price] | None = None,
+        price_function: PriceFunction | None = None,
+    ) -> None:
+        self._overrides = dict(overrides or {})
+        self._function = price_function
+        self._cache: dict[tuple[str, str], Price | None] = {}
+        self._lock = threading.Lock()
+
+    def price(self, provider: str, model: str | None) -> Price | None:
+        if not model:
+            return None
+        key = (provider, model)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        found = self._lookup(provider, model)
+        with self._lock:
+            self._cache[key] = found
+        return found
+
+    def _lookup(self, provider: str, model: str) -> Price | None:
+        if model in self._overrides:
+            return self._overrides[model]
+        if self._function is not None:
+            price = self._function(provider, model)
+            if price is not None:
+                return price
+        provider_id = _PROVIDER_IDS.get(provider)
+        if provider_id is None:
+            return None
+        from genai_prices import Usage, calc_price
+
+        try:
+            per_input = calc_price(Usage(input_tokens=1_000_000), model, provider_id=provider_id)
+            per_output = calc_price(Usage(output_tokens=1_000_000), model, provider_id=provider_id)
+        except LookupError:
+            return None
+        return Price(
+            Decimal(per_input.total_price) / _MTOK,
+            Decimal(per_output.total_price) / _MTOK,
+            "genai-prices",
+        )
+
+
+def money(amount: Decimal) -> str:
+    """A USD amount as a plain decimal string (no exponent)."""
+    return format(amount.normalize(), "f") if amount else "0"

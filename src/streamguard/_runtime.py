@@ -1,0 +1,262 @@
+"""The process-wide runtime: options, signer and ledger, sinks, telemetry, registry, timers.
+
+``instrument()`` installs one; anything that needs one before that (``StreamSession``,
+``guard()``) gets a default built from the environment.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from streamguard._config import Options
+from streamguard._engine.core import StreamCore
+from streamguard._engine.reasons import StopReason
+from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
+from streamguard._money.estimate import LengthModel
+from streamguard._money.pricing import Pricing, money
+from streamguard._receipts.chain import Ledger
+from streamguard._receipts.ledger import JsonlLedgerSink
+from streamguard._receipts.model import Receipt
+from streamguard._receipts.signing import Signer, load_signer
+from streamguard._telemetry.otel import Telemetry
+
+__all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
+
+log = logging.getLogger("streamguard")
+VERSION = "0.1.0"
+
+# Faults inside StreamGuard's own machinery: logged once per place, kept for tests to assert on.
+faults: list[tuple[str, BaseException]] = []
+_fault_places: set[str] = set()
+
+
+def report_fault(where: str, exc: BaseException) -> None:
+    """Record a fault of StreamGuard itself; the application's stream goes on (DESIGN G7)."""
+    if len(faults) < 100:
+        faults.append((where, exc))
+    if where not in _fault_places:
+        _fault_places.add(where)
+        log.warning("StreamGuard internal fault in %s (the stream goes on): %r", where, exc)
+
+
+class Runtime:
+    """Everything shared by the streams of one configuration."""
+
+    def __init__(
+        self,
+        options: Options | None = None,
+        *,
+        signer: Signer | None = None,
+        sinks: Iterable[Any] = (),
+        pricing: Pricing | None = None,
+    ) -> None:
+        self.options = options or Options.resolve()
+        opts = self.options
+        self.signer = signer or load_signer(
+            signing_key=opts.signing_key, signing_key_file=opts.signing_key_file, key_id=opts.key_id
+        )
+        self.ledger = Ledger(self.signer, ledger_id=opts.ledger_id)
+        self.sinks: list[Any] = list(sinks)
+        if opts.ledger_path:
+            self.sinks.append(JsonlLedgerSink(opts.ledger_path))
+        self.telemetry = Telemetry(VERSION)
+        self.watchdog = Watchdog()
+        self.lengths = LengthModel(opts.expected_output_tokens)
+        self.pricing = pricing or Pricing()
+        self.timers = Timers.of(opts.stall_timeout, opts.deadline, opts.idle_timeout)
+        self._streams: dict[str, StreamCore] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    # --------------------------------------------------------------------- registry
+    def stream_opened(self, core: StreamCore) -> None:
+        with self._lock:
+            self._streams[core.stream_id] = core
+        try:
+            self.telemetry.stream_started(core)
+        except Exception as exc:
+            report_fault("telemetry.stream_started", exc)
+
+    def active(self) -> list[StreamCore]:
+        with self._lock:
+            return list(self._streams.values())
+
+    def find(self, stream_id: str) -> StreamCore | None:
+        with self._lock:
+            return self._streams.get(stream_id)
+
+    # ----------------------------------------------------------------------- timers
+    def watch(self, core: StreamCore, timers: Timers | None = None) -> None:
+        """Start the stall/deadline/idle timers of a stream (none if all are off)."""
+        core.watch = timers if timers is not None else self.timers
+        if core.watch is None:
+            return
+        loop = core._loop
+        if loop is not None:
+            arm_loop_timer(core, loop)
+        else:
+            self.watchdog.watch(core)
+
+    def unwatch(self, core: StreamCore) -> None:
+        # Timers are lazy: a stopped core is dropped the next time its timer fires.
+        core.watch = None
+
+    # --------------------------------------------------------------------- finalize
+    def finalize(self, core: StreamCore) -> None:
+        """Seal and emit the one receipt of ``core``. Called once, after the upstream closed."""
+        receipt: Receipt | None = None
+        try:
+            receipt = self.ledger.seal(self._fields(core))
+        except Exception as exc:
+            report_fault("receipt.seal", exc)
+        if receipt is not None:
+            for sink in self.sinks:
+                try:
+                    sink.emit(receipt)
+                except Exception as exc:
+                    report_fault(f"sink.{type(sink).__name__}", exc)
+        try:
+            self.telemetry.stream_finished(core, receipt)
+        except Exception as exc:
+            report_fault("telemetry.stream_finished", exc)
+        with self._lock:
+            self._streams.pop(core.stream_id, None)
+        core.mark_final(receipt)
+
+    def _fields(self, core: StreamCore) -> dict[str, Any]:
+        reason = core.stop_reason or StopReason.UPSTREAM_ERROR
+        outcome = reason.outcome(rejected=core.rejected)
+        est_produced = core.produced_tokens
+        produced = est_produced if core.usage_exact is None else core.usage_exact
+        # Exact usage replaces the estimate; the not-yet-handed-over and not-yet-consumed
+        # shares keep their estimated sizes.
+        committed = max(0, min(produced, produced - (est_produced - core.committed_tokens)))
+        consumed = max(0, min(committed, committed - (core.committed_tokens - core.consumed_tokens)))
+        if outcome == "completed":
+            self.lengths.observe(core.model, produced)
+            prevented = 0
+        else:
+            expected = self.lengths.expected(core.model)
+            if core.request_max_tokens is not None:
+                expected = min(expected, core.request_max_tokens)
+            prevented = max(0, expected - produced)
+        undelivered = produced - consumed
+        trace_id, span_id = self.telemetry.span_ids(core)
+        return {
+            "receipt_id": uuid.uuid4().hex,
+            "stream_id": core.stream_id,
+            "provider": core.provider,
+            "model": core.model,
+            "operation": core.operation,
+            "request_max_tokens": core.request_max_tokens,
+            "outcome": str(outcome),
+            "reason": str(reason),
+            "category": None if reason.category is None else str(reason.category),
+            "detail": core.detail,
+            "tokens": {
+                "input": core.input_tokens,
+                "produced": produced,
+                "committed": committed,
+                "consumed": consumed,
+                "undelivered": undelivered,
+                "post_cutoff": core.post_cutoff_tokens,
+                "prevented_estimate": prevented,
+                "usage_source": "provider" if core.usage_exact is not None else "estimated",
+            },
+            "cost": self._cost(core, produced, undelivered, prevented),
+            "times": {
+                "started": core.t_started,
+                "first_chunk": core.t_first_chunk,
+                "stop_requested": core.t_stop_requested if reason != "completed" else None,
+                "upstream_closed": core.t_upstream_closed,
+                "finalized": time.time_ns(),
+            },
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "attributes": dict(core.attributes),
+        }
+
+    def _cost(
+        self, core: StreamCore, produced: int, undelivered: int, prevented: int
+    ) -> dict[str, Any]:
+        price = self.pricing.price(core.provider, core.model)
+        if price is None:
+            return {
+                "currency": "USD",
+                "input": None,
+                "output": None,
+                "undelivered": None,
+                "prevented_estimate": None,
+                "pricing_source": "unknown",
+            }
+        return {
+            "currency": "USD",
+            "input": money(Decimal(core.input_tokens or 0) * price.input),
+            "output": money(produced * price.output),
+            "undelivered": money(undelivered * price.output),
+            "prevented_estimate": money(prevented * price.output),
+            "pricing_source": price.source,
+        }
+
+    # --------------------------------------------------------------------- shutdown
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every open stream (reason ``shutdown``), wait for their receipts, end timers."""
+        self.closed = True
+        cores = self.active()
+        for core in cores:
+            core.request_stop(StopReason.SHUTDOWN, "StreamGuard was shut down")
+        deadline = time.monotonic() + timeout
+        for core in cores:
+            if core.wait_final(max(0.0, deadline - time.monotonic())) is None:
+                # An async stream whose loop is not running: seal it from here.
+                core._closed()
+        self.watchdog.stop()
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:
+                    report_fault(f"sink.{type(sink).__name__}.close", exc)
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The installed runtime, or a default one built from the environment."""
+    global _current
+    runtime = _current
+    if runtime is not None:
+        return runtime
+    with _current_lock:
+        if _current is None:
+            _current = Runtime()
+        return _current
+
+
+def set_runtime(runtime: Runtime | None) -> Runtime | None:
+    """Install ``runtime`` (None: the next use builds a default); returns the previous one."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, runtime
+    return previous
+
+
+@atexit.register
+def _at_exit() -> None:
+    runtime = _current
+    if runtime is not None and not runtime.closed and os.getpid() == _PID:
+        runtime.shutdown(timeout=2.0)
+
+
+_PID = os.getpid()

@@ -1,0 +1,251 @@
+"""Spans, metrics and log records: the only module that names OTel instruments.
+
+StreamGuard uses the global OTel providers and never installs any unless asked
+(``streamguard.configure_otel()``). Instruments are created lazily through the API's proxy
+objects, so providers installed after ``instrument()`` are picked up.
+
+Nothing here runs per chunk: a span starts when a stream opens and everything else happens
+once, when the receipt is sealed.
+"""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from streamguard._telemetry import names as n
+
+if TYPE_CHECKING:
+    from streamguard._engine.core import StreamCore
+    from streamguard._receipts.model import Receipt
+
+__all__ = ["Telemetry"]
+
+_SCOPE = "streamguard"
+
+
+class Telemetry:
+    """Emits one stream's span, receipt event, receipt log record and metrics."""
+
+    def __init__(self, version: str) -> None:
+        self._version = version
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def _setup(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            self.tracer = trace.get_tracer(_SCOPE, self._version)
+            self.logger = _logs.get_logger(_SCOPE, self._version)
+            meter = metrics.get_meter(_SCOPE, self._version)
+            self.token_usage = _histogram(meter, n.TOKEN_USAGE, n.TOKEN_BUCKETS)
+            self.duration = _histogram(meter, n.OPERATION_DURATION, n.DURATION_BUCKETS)
+            self.ttfc = _histogram(meter, n.TTFC, n.TTFC_BUCKETS)
+            self.stop_latency = _histogram(meter, n.STOP_LATENCY, n.STOP_LATENCY_BUCKETS)
+            self.drift = _histogram(meter, n.ESTIMATE_DRIFT, n.DRIFT_BUCKETS)
+            self.streams = meter.create_counter(*n.STREAMS)
+            self.active = meter.create_up_down_counter(*n.STREAMS_ACTIVE)
+            self.tokens = meter.create_counter(*n.TOKENS)
+            self.cost = meter.create_counter(*n.COST)
+            self.receipts = meter.create_counter(*n.RECEIPTS)
+            self._ready = True
+
+    # ---------------------------------------------------------------------- stream open
+    def stream_started(self, core: StreamCore) -> None:
+        if not self._ready:
+            self._setup()
+        attributes: dict[str, Any] = {
+            n.PROVIDER: core.provider,
+            n.OPERATION: core.operation,
+            n.REQUEST_STREAM: True,
+            n.STREAM_ID: core.stream_id,
+        }
+        if core.model:
+            attributes[n.REQUEST_MODEL] = core.model
+        if core.request_max_tokens is not None:
+            attributes[n.REQUEST_MAX_TOKENS] = core.request_max_tokens
+        if core.server_address:
+            attributes[n.SERVER_ADDRESS] = core.server_address
+        if core.server_port:
+            attributes[n.SERVER_PORT] = core.server_port
+        name = f"{core.operation} {core.model}" if core.model else core.operation
+        core.span = self.tracer.start_span(
+            name, kind=SpanKind.CLIENT, attributes=attributes, start_time=core.t_started
+        )
+        self.active.add(1, {n.PROVIDER: core.provider})
+
+    def span_ids(self, core: StreamCore) -> tuple[str | None, str | None]:
+        ctx = core.span.get_span_context() if core.span is not None else None
+        if ctx is None or not ctx.is_valid:
+            return None, None
+        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+    # ---------------------------------------------------------------------- stream end
+    def stream_finished(self, core: StreamCore, receipt: Receipt | None) -> None:
+        """Receipt event and log record, span end, metrics. Never raises past the runtime."""
+        span = core.span
+        provider, model = core.provider, core.model or "unknown"
+        reason = str(core.stop_reason)
+        if receipt is not None:
+            outcome = receipt.outcome
+            category = receipt.category or ""
+        else:
+            outcome = str(core.stop_reason.outcome(rejected=core.rejected))  # type: ignore[union-attr]
+            category = str(core.stop_reason.category or "")  # type: ignore[union-attr]
+        base = {n.PROVIDER: provider, n.REQUEST_MODEL: model}
+        try:
+            if span is not None:
+                self._finish_span(core, span, receipt, outcome, reason, category)
+            if receipt is not None:
+                self._emit_log(core, span, receipt)
+        finally:
+            self.active.add(-1, {n.PROVIDER: provider})
+            self._record_metrics(core, receipt, base, outcome, reason, category)
+
+    def _finish_span(
+        self,
+        core: StreamCore,
+        span: Any,
+        receipt: Receipt | None,
+        outcome: str,
+        reason: str,
+        category: str,
+    ) -> None:
+        attrs: dict[str, Any] = {n.OUTCOME: outcome, n.STOP_REASON: reason}
+        if category:
+            attrs[n.STOP_CATEGORY] = category
+        if core.response_model:
+            attrs[n.RESPONSE_MODEL] = core.response_model
+        if core.response_id:
+            attrs[n.RESPONSE_ID] = core.response_id
+        if core.finish_reasons:
+            attrs[n.FINISH_REASONS] = list(core.finish_reasons)
+        if receipt is not None:
+            if receipt.tokens.input is not None:
+                attrs[n.USAGE_INPUT] = receipt.tokens.input
+            attrs[n.USAGE_OUTPUT] = receipt.tokens.produced
+        if core.t_first_chunk is not None:
+            attrs[n.TIME_TO_FIRST_CHUNK] = (core.t_first_chunk - core.t_started) / 1e9
+        later = core.later_signals()
+        if later:
+            attrs[n.LATER_SIGNALS] = later
+        if outcome == "failed":
+            attrs[n.ERROR_TYPE] = core.error_type or "upstream_error"
+        span.set_attributes(attrs)
+        if receipt is not None:
+            span.add_event(n.RECEIPT_EVENT, _event_attributes(receipt), receipt.times.finalized)
+        if outcome == "failed":
+            span.set_status(Status(StatusCode.ERROR, core.detail or core.error_type))
+        span.end(end_time=receipt.times.finalized if receipt is not None else None)
+
+    def _emit_log(self, core: StreamCore, span: Any, receipt: Receipt) -> None:
+        context = trace.set_span_in_context(span) if span is not None else None
+        attributes: dict[str, Any] = {
+            n.EVENT_ATTR: "receipt",
+            n.RECEIPT_ID: receipt.receipt_id,
+            n.PROVIDER: receipt.provider,
+            n.OUTCOME: receipt.outcome,
+            n.STOP_REASON: receipt.reason,
+        }
+        if receipt.model:
+            attributes[n.REQUEST_MODEL] = receipt.model
+        self.logger.emit(
+            timestamp=receipt.times.finalized,
+            context=context,
+            body=receipt.to_dict(),
+            attributes=attributes,
+            event_name=n.RECEIPT_EVENT,
+        )
+
+    def _record_metrics(
+        self,
+        core: StreamCore,
+        receipt: Receipt | None,
+        base: dict[str, str],
+        outcome: str,
+        reason: str,
+        category: str,
+    ) -> None:
+        stream_attrs = {**base, n.OUTCOME: outcome, n.STOP_REASON: reason}
+        if category:
+            stream_attrs[n.STOP_CATEGORY] = category
+        self.streams.add(1, stream_attrs)
+        self.receipts.add(
+            1, {n.OUTCOME: outcome, n.RESULT: "emitted" if receipt is not None else "failed"}
+        )
+        end = core.t_upstream_closed or core.t_stop_requested or core.t_started
+        duration_attrs = dict(base)
+        if outcome == "failed":
+            duration_attrs[n.ERROR_TYPE] = core.error_type or "upstream_error"
+        self.duration.record(max(0, end - core.t_started) / 1e9, duration_attrs)
+        if core.t_first_chunk is not None:
+            self.ttfc.record((core.t_first_chunk - core.t_started) / 1e9, base)
+        if core.t_stop_mono is not None and core.t_upstream_closed_mono is not None:
+            latency = max(0, core.t_upstream_closed_mono - core.t_stop_mono) / 1e9
+            self.stop_latency.record(latency, {n.STOP_REASON: reason})
+        if core.usage_exact is not None and core.estimated_output_tokens is not None:
+            self.drift.record(core.estimated_output_tokens - core.usage_exact, base)
+        if receipt is None:
+            return
+        tokens = receipt.tokens
+        if tokens.input is not None:
+            self.token_usage.record(tokens.input, {**base, n.TOKEN_TYPE: "input"})
+        self.token_usage.record(tokens.produced, {**base, n.TOKEN_TYPE: "output"})
+        for kind, value in (
+            ("input", tokens.input),
+            ("produced", tokens.produced),
+            ("consumed", tokens.consumed),
+            ("undelivered", tokens.undelivered),
+            ("post_cutoff", tokens.post_cutoff),
+            ("prevented", tokens.prevented_estimate),
+        ):
+            if value:
+                self.tokens.add(value, {**base, n.KIND: kind})
+        cost = receipt.cost
+        for kind, amount in (
+            ("spent", _sum(cost.input, cost.output)),
+            ("undelivered", cost.undelivered),
+            ("prevented", cost.prevented_estimate),
+        ):
+            if amount is not None and Decimal(amount) > 0:
+                # Metric values are floats by nature; receipts keep the exact decimal strings.
+                self.cost.add(float(amount), {**base, n.KIND: kind})
+
+
+def _sum(a: str | None, b: str | None) -> str | None:
+    if a is None and b is None:
+        return None
+    return str(Decimal(a or "0") + Decimal(b or "0"))
+
+
+def _histogram(meter: metrics.Meter, spec: tuple[str, str, str], buckets: Any) -> Any:
+    name, unit, description = spec
+    return meter.create_histogram(
+        name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
+    )
+
+
+def _event_attributes(receipt: Receipt) -> dict[str, Any]:
+    tokens = receipt.tokens
+    return {
+        n.RECEIPT_ID: receipt.receipt_id,
+        n.RECEIPT_SEQ: receipt.seq,
+        n.RECEIPT_HASH: receipt.hash,
+        n.RECEIPT_JSON: receipt.canonical_bytes().decode(),
+        n.RECEIPT_SIG_ALG: receipt.signature.alg,
+        n.RECEIPT_SIG_KEY_ID: receipt.signature.key_id,
+        n.RECEIPT_SIG_VALUE: receipt.signature.value,
+        n.OUTCOME: receipt.outcome,
+        n.STOP_REASON: receipt.reason,
+        "streamguard.tokens.produced": tokens.produced,
+        "streamguard.tokens.committed": tokens.committed,
+        "streamguard.tokens.consumed": tokens.consumed,
+        "streamguard.tokens.undelivered": tokens.undelivered,
+        "streamguard.tokens.post_cutoff": tokens.post_cutoff,
+        "streamguard.tokens.prevented_estimate": tokens.prevented_estimate,
+    }

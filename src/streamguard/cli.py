@@ -1,0 +1,44 @@
+"""The ``streamguard`` command: ``demo``, ``verify``, ``keygen``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="streamguard", description="StreamGuard: stops LLM token bleed."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the disconnect demo on an embedded producer")
+    demo.add_argument("--tokens", type=int, default=200, help="tokens the producer would emit")
+    demo.add_argument("--leave-after", type=int, default=10, help="tokens before the consumer leaves")
+    sub.add_parser("verify", help="verify receipts (JSON lines): signatures, hashes, chain", add_help=False)
+    keygen = sub.add_parser("keygen", help="write a fresh Ed25519 key pair (PEM)")
+    keygen.add_argument("private_key")
+    keygen.add_argument("public_key")
+    if argv and argv[0] == "verify":
+        from streamguard._receipts.verify import verify_main
+
+        return verify_main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from streamguard._demo import run_demo
+
+        return run_demo(tokens=args.tokens, leave_after=args.leave_after)
+    if args.command == "keygen":
+        from streamguard._receipts.signing import generate_ed25519_keypair
+
+        generate_ed25519_keypair(args.private_key, args.public_key)
+        print(f"wrote {args.private_key} (keep it secret) and {args.public_key}")
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
