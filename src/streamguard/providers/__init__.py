@@ -9,4 +9,8 @@ __all__ = ["all_patchers"]
 
 def all_patchers() -> list[Any]:
     """A patcher per supported SDK; each skips itself when its SDK is not installed."""
-    return []
+    from streamguard.providers.anthropic import AnthropicPatcher
+    from streamguard.providers.ollama import OllamaPatcher
+    from streamguard.providers.openai import OpenAIPatcher
+
+    return [OpenAIPatcher(), AnthropicPatcher(), OllamaPatcher()]

@@ -1,0 +1,293 @@
+"""What every provider shares: patching with wrapt, the stream proxies, request bookkeeping.
+
+A provider subpackage only says what is specific to its SDK: the patch targets, how to read a
+chunk (its meter), where usage is, and how to close. Lifecycle, accounting and receipts live
+in the engine, once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import wrapt
+
+from streamguard._engine.core import StreamCore
+from streamguard._engine.drivers import AsyncDriver, Meter, SyncDriver
+from streamguard._engine.handle import StreamHandle
+from streamguard._engine.reasons import StopReason
+from streamguard._runtime import get_runtime
+
+__all__ = [
+    "AsyncStreamGuard",
+    "Patcher",
+    "SyncStreamGuard",
+    "handle_of",
+    "in_guarded_call",
+    "new_core",
+]
+
+log = logging.getLogger("streamguard")
+
+# Set while a guarded call runs, so that an SDK method calling another patched one (openai's
+# ``.stream()`` calling ``create``, mistral's ``parse_stream``) gives one stream one receipt.
+_in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("streamguard_in_call", default=False)
+
+
+def in_guarded_call() -> bool:
+    return _in_call.get()
+
+
+class guarded_call:  # noqa: N801 - used as a context manager, reads like a function
+    """Marks the current context as inside a guarded SDK call (re-entrancy guard)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _in_call.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _in_call.reset(self._token)
+
+
+def new_core(
+    provider: str,
+    kwargs: Mapping[str, Any],
+    *,
+    operation: str = "chat",
+    model: str | None = None,
+    max_tokens: int | None = None,
+    base_url: object = None,
+) -> StreamCore:
+    """A core for one request, started before the request is sent."""
+    host, port = _server(base_url)
+    return StreamCore(
+        get_runtime(),
+        provider=provider,
+        model=model if model is not None else _str(kwargs.get("model")),
+        operation=operation,
+        request_max_tokens=max_tokens,
+        server_address=host,
+        server_port=port,
+    )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _server(base_url: object) -> tuple[str | None, int | None]:
+    if base_url is None:
+        return None, None
+    try:
+        parts = urlsplit(str(base_url))
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return parts.hostname, port
+    except ValueError:
+        return None, None
+
+
+def fail_core(core: StreamCore, exc: BaseException) -> None:
+    """The request failed before a stream existed: the receipt says ``failed``."""
+    if isinstance(exc, Exception):
+        core.request_stop(StopReason.UPSTREAM_ERROR, f"{type(exc).__name__}: {exc}"[:300], error=exc)
+    else:
+        core.request_stop(StopReason.CONSUMER_CANCELLED, f"{type(exc).__name__} before the first chunk")
+
+
+class SyncStreamGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A guard around a sync SDK stream: the SDK object in every respect but its lifecycle.
+
+    ``isinstance`` checks, attributes and helpers see the SDK's object; iteration, ``close``,
+    ``with`` and garbage collection go through the guard, which closes the upstream exactly
+    once whichever way the stream ends.
+    """
+
+    def __init__(
+        self,
+        wrapped: Any,
+        core: StreamCore,
+        meter: Meter | None,
+        iterator: Iterator[Any] | None = None,
+    ) -> None:
+        super().__init__(wrapped)
+        self._self_core = core
+        self._self_driver = SyncDriver(core, iterator if iterator is not None else iter(wrapped), meter)
+        core.runtime.watch(core)
+
+    # wrapt forwards __iter__ to the wrapped object, which would bypass the guard: a proxy
+    # must define the iteration protocol itself (PROVIDERS.md pitfall 3).
+    def __iter__(self) -> SyncStreamGuard:
+        return self
+
+    def __next__(self) -> Any:
+        return self._self_driver.next()
+
+    def close(self) -> None:
+        """Always closes the upstream; a second call is a no-op."""
+        self._self_driver.close()
+
+    def __enter__(self) -> SyncStreamGuard:
+        # Without this, ``with proxy as s`` would hand out the raw object (pitfall 2).
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._self_driver.close()
+
+    def __del__(self) -> None:
+        core = self._self_core
+        if core.stop_reason is None:
+            core.request_stop(StopReason.CONSUMER_CLOSED, "the stream was dropped before it ended")
+
+    @property
+    def streamguard(self) -> StreamHandle:
+        """The StreamGuard handle: ``stream_id``, ``stats``, ``cancel()``, ``receipt``."""
+        return StreamHandle(self._self_core)
+
+    def __copy__(self) -> Any:
+        raise TypeError("A guarded stream cannot be copied: it owns one upstream connection.")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("A guarded stream cannot be pickled: it owns one upstream connection.")
+
+
+class AsyncStreamGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A guard around an async SDK stream; see ``SyncStreamGuard``.
+
+    ``close()`` is a coroutine, as on the SDKs' async streams; ``aclose()`` is its alias.
+    """
+
+    def __init__(self, wrapped: Any, core: StreamCore, meter: Meter | None, iterator: Any = None) -> None:
+        super().__init__(wrapped)
+        self._self_core = core
+        self._self_driver = AsyncDriver(
+            core, iterator if iterator is not None else wrapped.__aiter__(), meter
+        )
+        core.runtime.watch(core)
+
+    # See SyncStreamGuard.__iter__: the proxy must own the async iteration protocol.
+    def __aiter__(self) -> AsyncStreamGuard:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._self_driver.next()
+
+    async def close(self) -> None:
+        """Always closes the upstream, even when cancelled; a second call is a no-op."""
+        await self._self_driver.aclose()
+
+    async def aclose(self) -> None:
+        await self._self_driver.aclose()
+
+    async def __aenter__(self) -> AsyncStreamGuard:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._self_driver.aclose()
+
+    def __del__(self) -> None:
+        core = self._self_core
+        if core.stop_reason is None:
+            core.request_stop(StopReason.CONSUMER_CLOSED, "the stream was dropped before it ended")
+
+    @property
+    def streamguard(self) -> StreamHandle:
+        return StreamHandle(self._self_core)
+
+    def __copy__(self) -> Any:
+        raise TypeError("A guarded stream cannot be copied: it owns one upstream connection.")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("A guarded stream cannot be pickled: it owns one upstream connection.")
+
+
+def handle_of(stream: object) -> StreamHandle | None:
+    """The StreamGuard handle of a guarded stream, or None if it is not guarded."""
+    core = getattr(stream, "_self_core", None)
+    return StreamHandle(core) if isinstance(core, StreamCore) else None
+
+
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+class Patcher:
+    """Patches one SDK's entry points with wrapt and restores them exactly.
+
+    ``targets`` are (module, "Class.method", wrapper) triples. ``patch()`` returns False,
+    changing nothing, when the SDK is not installed; an SDK outside ``supported`` is refused
+    with a warning that says which versions are.
+    """
+
+    name = "sdk"
+    distribution = "sdk"
+    supported: tuple[str, str] = ("0", "999")  # [min, max) as version strings
+
+    def targets(self) -> list[tuple[str, str, Wrapper]]:
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def version(self) -> str | None:
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def patch(self) -> bool:
+        version = self.version()
+        if version is None:
+            return False
+        if not _in_range(version, self.supported):
+            log.warning(
+                "StreamGuard does not guard %s %s: supported versions are >=%s,<%s. Its streams "
+                "are NOT guarded; install a supported version.",
+                self.distribution, version, *self.supported,
+            )
+            return False
+        for module_name, path, wrapper in self.targets():
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            owner_name, _, attr = path.rpartition(".")
+            owner = _resolve(module, owner_name) if owner_name else module
+            if owner is None or attr not in vars(owner):
+                continue
+            self._saved.append((owner, attr, vars(owner)[attr]))
+            wrapt.wrap_function_wrapper(owner, attr, wrapper)
+        self.after_patch()
+        return True
+
+    def after_patch(self) -> None:
+        """Extra patches that are not plain method wrappers (module-level bindings)."""
+
+    def unpatch(self) -> None:
+        while self._saved:
+            owner, attr, original = self._saved.pop()
+            setattr(owner, attr, original)
+
+
+def _resolve(module: Any, dotted: str) -> Any:
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _in_range(version: str, bounds: tuple[str, str]) -> bool:
+    def key(v: str) -> tuple[int, ...]:
+        out = []
+        for piece in v.split(".")[:3]:
+            digits = "".join(ch for ch in piece if ch.isdigit())
+            out.append(int(digits or 0))
+        return tuple(out)
+
+    return key(bounds[0]) <= key(version) < key(bounds[1])

@@ -1,0 +1,147 @@
+"""The shape every guarded SDK call has: start a core, make the call, guard what comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+
+from streamguard._engine.core import StreamCore
+from streamguard._engine.drivers import Meter
+from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, fail_core, guarded_call
+
+__all__ = ["Guarding", "RawResponseGuard", "call_guarded", "sdk_result_guard"]
+
+
+class Guarding:
+    """How to guard what one SDK call returned: the provider says, per result type."""
+
+    def __init__(self, core: StreamCore, meter: Meter) -> None:
+        self.core = core
+        self.meter = meter
+
+    def sync_stream(self, stream: Any, close: Callable[[], object]) -> SyncStreamGuard:
+        self.core.bind_upstream(close=close)
+        return SyncStreamGuard(stream, self.core, self.meter)
+
+    def async_stream(self, stream: Any, aclose: Callable[[], Any]) -> AsyncStreamGuard:
+        self.core.bind_upstream(aclose=aclose, loop=asyncio.get_running_loop())
+        return AsyncStreamGuard(stream, self.core, self.meter)
+
+
+def call_guarded(
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    core: StreamCore,
+    guard_result: Callable[[Any], Any],
+) -> Any:
+    """Call the SDK; a failure before any stream exists still gives a ``failed`` receipt.
+
+    A call that returns an awaitable (the async clients, whose methods are not coroutine
+    functions: PROVIDERS.md) is guarded when awaited.
+    """
+    try:
+        with guarded_call():
+            result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        fail_core(core, exc)
+        raise
+    if inspect.isawaitable(result):
+        return _await_and_guard(result, core, guard_result)
+    return _guard(result, core, guard_result)
+
+
+async def _await_and_guard(awaitable: Any, core: StreamCore, guard_result: Callable[[Any], Any]) -> Any:
+    try:
+        with guarded_call():
+            result = await awaitable
+    except BaseException as exc:
+        fail_core(core, exc)
+        raise
+    return _guard(result, core, guard_result)
+
+
+def _guard(result: Any, core: StreamCore, guard_result: Callable[[Any], Any]) -> Any:
+    try:
+        return guard_result(result)
+    except BaseException as exc:
+        fail_core(core, exc)
+        raise
+
+
+class RawResponseGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+    """``with_raw_response`` / ``with_streaming_response``: the stream is guarded on ``parse()``.
+
+    Until then the raw response owns the upstream: dropping it unparsed closes the connection.
+    """
+
+    def __init__(self, wrapped: Any, core: StreamCore, guard_parsed: Callable[[Any], Any]) -> None:
+        super().__init__(wrapped)
+        self._self_core = core
+        self._self_guard_parsed = guard_parsed
+        self._self_parsed: Any = None
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        if self._self_parsed is None:
+            result = self.__wrapped__.parse(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return self._parse_async(result)
+            self._self_parsed = self._self_guard_parsed(result)
+        return self._self_parsed
+
+    async def _parse_async(self, awaitable: Any) -> Any:
+        result = await awaitable
+        if self._self_parsed is None:
+            self._self_parsed = self._self_guard_parsed(result)
+        return self._self_parsed
+
+    def close(self) -> Any:
+        """Closing the raw response ends the stream (``with_streaming_response``'s exit)."""
+        from streamguard._engine.reasons import StopReason
+
+        self._self_core.request_stop(StopReason.CONSUMER_CLOSED, "the raw response was closed")
+        return self.__wrapped__.close()
+
+    def __del__(self) -> None:
+        core = self._self_core
+        if self._self_parsed is None and core.stop_reason is None:
+            from streamguard._engine.reasons import StopReason
+
+            core.request_stop(StopReason.CONSUMER_CLOSED, "the raw response was dropped unparsed")
+
+
+def sdk_result_guard(
+    guarding: Guarding,
+    *,
+    sync_types: tuple[type, ...],
+    async_types: tuple[type, ...],
+    raw_types: tuple[type, ...] = (),
+    async_raw_types: tuple[type, ...] = (),
+) -> Callable[[Any], Any]:
+    """Guard what an openai-style SDK returns: a Stream (closed through ``.response``), or a
+    raw response whose ``parse()`` gives the stream."""
+
+    def guard(result: Any) -> Any:
+        if isinstance(result, sync_types):
+            return guarding.sync_stream(result, result.response.close)
+        if isinstance(result, async_types):
+            return guarding.async_stream(result, result.response.aclose)
+        if isinstance(result, raw_types):
+            guarding.core.bind_upstream(close=result.http_response.close)
+            return RawResponseGuard(result, guarding.core, guard)
+        if isinstance(result, async_raw_types):
+            guarding.core.bind_upstream(
+                aclose=result.http_response.aclose, loop=asyncio.get_running_loop()
+            )
+            return RawResponseGuard(result, guarding.core, guard)
+        from streamguard._engine.reasons import StopReason
+
+        # Not a stream after all (a mocked client, a new SDK type): leave it untouched.
+        guarding.core.request_stop(StopReason.COMPLETED, f"not a stream: {type(result).__name__}")
+        return result
+
+    return guard

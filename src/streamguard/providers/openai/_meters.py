@@ -1,0 +1,90 @@
+"""Reading openai chunks: which carry model output, and where usage is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamguard._engine.core import HIDE, NOT_A_UNIT, StreamCore
+from streamguard._money.estimate import estimate_tokens
+
+__all__ = ["ChatMeter", "ResponsesMeter"]
+
+
+class ChatMeter:
+    """Chat completion chunks (and legacy completion chunks, whose choices carry ``text``).
+
+    The usage chunk (``choices == []``) replaces the estimate; when StreamGuard injected
+    ``include_usage`` the application never sees it.
+    """
+
+    __slots__ = ("core", "hide_usage")
+
+    def __init__(self, core: StreamCore, hide_usage: bool) -> None:
+        self.core = core
+        self.hide_usage = hide_usage
+
+    def __call__(self, chunk: Any) -> int:
+        core = self.core
+        choices = chunk.choices
+        if not choices:
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                core.set_usage(
+                    input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
+                )
+                return HIDE if self.hide_usage else NOT_A_UNIT
+            return NOT_A_UNIT
+        if core.response_id is None:
+            core.response_id = chunk.id
+            core.response_model = chunk.model
+        choice = choices[0]
+        if choice.finish_reason is not None:
+            core.finish_reasons.append(choice.finish_reason)
+        delta = getattr(choice, "delta", None)
+        if delta is None:  # legacy completions
+            text = choice.text
+            return estimate_tokens(text) if text else NOT_A_UNIT
+        tokens = estimate_tokens(delta.content) if delta.content else 0
+        if delta.tool_calls:
+            for call in delta.tool_calls:
+                function = call.function
+                if function is not None:
+                    tokens += estimate_tokens(function.arguments) + estimate_tokens(function.name)
+            tokens = max(tokens, 1)
+        return tokens if tokens else (1 if delta.content else NOT_A_UNIT)
+
+
+_TEXT_EVENTS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.refusal.delta",
+        "response.reasoning_summary_text.delta",
+    }
+)
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class ResponsesMeter:
+    """Responses API events: deltas are units; usage comes with the final response event."""
+
+    __slots__ = ("core",)
+
+    def __init__(self, core: StreamCore) -> None:
+        self.core = core
+
+    def __call__(self, event: Any) -> int:
+        kind = event.type
+        if kind in _TEXT_EVENTS:
+            return estimate_tokens(event.delta) or 1
+        if kind in _FINAL_EVENTS or kind == "response.created":
+            response = event.response
+            core = self.core
+            core.response_id = response.id
+            core.response_model = response.model
+            usage = response.usage
+            if usage is not None:
+                core.set_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+            if kind != "response.created":
+                core.finish_reasons.append(response.status or kind.rsplit(".", 1)[-1])
+        return NOT_A_UNIT
