@@ -7,6 +7,7 @@ one upstream close, and keeps every counter invariant at every step.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -71,7 +72,10 @@ class EngineMachine(RuleBasedStateMachine):
         )
         self.source = Source()
         self.guard: Any = GuardedIterator(
-            self.source, close=self.source.close, meter=meter, runtime=self.runtime,
+            self.source,
+            close=self.source.close,
+            meter=meter,
+            runtime=self.runtime,
             stall_timeout=None,
         )
         self.core = self.guard._core
@@ -82,17 +86,23 @@ class EngineMachine(RuleBasedStateMachine):
 
     def counters(self) -> tuple[int, ...]:
         c = self.core
-        return (c.produced, c.committed, c.consumed, c.produced_tokens, c.committed_tokens,
-                c.consumed_tokens)
+        return (
+            c.produced,
+            c.committed,
+            c.consumed,
+            c.produced_tokens,
+            c.committed_tokens,
+            c.consumed_tokens,
+        )
 
     def _read(self) -> None:
-        try:
+        with contextlib.suppress(StopIteration, StreamCancelled, ConnectionResetError):
             self.handed.append(next(self.guard))
-        except (StopIteration, StreamCancelled, ConnectionResetError):
-            pass
 
     @precondition(lambda self: self.guard is not None)
-    @rule(kind=st.sampled_from([UNIT, UNIT, UNIT, OTHER, ERROR, END, LATE]), tokens=st.integers(0, 9))
+    @rule(
+        kind=st.sampled_from([UNIT, UNIT, UNIT, OTHER, ERROR, END, LATE]), tokens=st.integers(0, 9)
+    )
     def read(self, kind: str, tokens: int) -> None:
         self.source.script.append((kind, tokens))
         self._read()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import streamguard
-from streamguard import GuardedIterator, StopReason, StreamCancelled
+from streamguard import GuardedIterator, StreamCancelled
 from streamguard.testing.sinks import InMemoryReceiptSink
 
 

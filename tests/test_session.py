@@ -20,7 +20,9 @@ class LocalProducer:
         self.saw_cancel = False
         self.emitted = 0
 
-    async def run(self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]) -> None:
+    async def run(
+        self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]
+    ) -> None:
         stats["model"] = "local"
         for i in range(self.n):
             if cancel_event.is_set():
@@ -66,7 +68,11 @@ async def test_cancel_mid_stream_stops_producer_and_counts(runtime, sink) -> Non
     receipt = await session.shutdown()
     assert receipt is not None
     assert producer.saw_cancel
-    assert (receipt.outcome, receipt.reason, receipt.category) == ("cancelled", "manual", "operator")
+    assert (receipt.outcome, receipt.reason, receipt.category) == (
+        "cancelled",
+        "manual",
+        "operator",
+    )
     t = receipt.tokens
     assert t.committed == 10 * 1  # one estimated token per short token
     assert t.produced >= t.committed >= t.consumed
@@ -118,7 +124,9 @@ async def test_stalled_consumer_is_stopped(runtime, sink) -> None:  # type: igno
 
 
 class RaisingProducer:
-    async def run(self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]) -> None:
+    async def run(
+        self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]
+    ) -> None:
         await out_q.put("a")
         raise RuntimeError("model crashed")
 
@@ -138,7 +146,9 @@ async def test_producer_that_raises_stops_safely(runtime, sink) -> None:  # type
 
 
 class StubbornProducer:
-    async def run(self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]) -> None:
+    async def run(
+        self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]
+    ) -> None:
         while True:  # never looks at cancel_event
             await out_q.put("x")
             await asyncio.sleep(0.001)
@@ -157,7 +167,9 @@ async def test_producer_ignoring_cancel_is_cut_off_after_grace(runtime, sink) ->
 
 
 class SilentProducer:
-    async def run(self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]) -> None:
+    async def run(
+        self, *, out_q: asyncio.Queue[str], cancel_event: asyncio.Event, stats: dict[str, Any]
+    ) -> None:
         await cancel_event.wait()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from opentelemetry.trace import SpanKind, StatusCode
@@ -20,15 +21,27 @@ def test_span_event_and_log_record_share_receipt_and_trace(runtime, sink, otel) 
     assert span.kind is SpanKind.CLIENT
     assert span.status.status_code is StatusCode.UNSET  # a cancellation is not an error
     attrs = dict(span.attributes or {})
-    assert {k: attrs[k] for k in (
-        "gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.request.model",
-        "gen_ai.request.stream", "gen_ai.request.max_tokens", "streamguard.outcome",
-        "streamguard.stop.reason", "streamguard.stop.category",
-    )} == {
-        "gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
-        "gen_ai.request.model": "gpt-4o", "gen_ai.request.stream": True,
-        "gen_ai.request.max_tokens": 50, "streamguard.outcome": "cancelled",
-        "streamguard.stop.reason": "consumer_closed", "streamguard.stop.category": "client",
+    assert {
+        k: attrs[k]
+        for k in (
+            "gen_ai.provider.name",
+            "gen_ai.operation.name",
+            "gen_ai.request.model",
+            "gen_ai.request.stream",
+            "gen_ai.request.max_tokens",
+            "streamguard.outcome",
+            "streamguard.stop.reason",
+            "streamguard.stop.category",
+        )
+    } == {
+        "gen_ai.provider.name": "openai",
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.request.stream": True,
+        "gen_ai.request.max_tokens": 50,
+        "streamguard.outcome": "cancelled",
+        "streamguard.stop.reason": "consumer_closed",
+        "streamguard.stop.category": "client",
     }
     (event,) = [e for e in span.events if e.name == "streamguard.receipt"]
     ev = dict(event.attributes or {})
@@ -60,10 +73,8 @@ def test_upstream_failure_sets_error_status(runtime, sink, otel) -> None:  # typ
         raise ConnectionResetError("reset")
 
     g = GuardedIterator(broken(), provider="openai", model="gpt-4o")
-    try:
+    with contextlib.suppress(ConnectionResetError):
         list(g)
-    except ConnectionResetError:
-        pass
     (span,) = otel.spans.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"] == "ConnectionResetError"  # type: ignore[index]
@@ -78,7 +89,10 @@ def _stream_counts(otel) -> dict[tuple[str, str], int]:  # type: ignore[no-untyp
                 if m.name == "streamguard.streams":
                     for p in m.data.data_points:
                         if p.attributes["gen_ai.request.model"] == "gpt-4o":
-                            key = (p.attributes["streamguard.outcome"], p.attributes["streamguard.stop.reason"])
+                            key = (
+                                p.attributes["streamguard.outcome"],
+                                p.attributes["streamguard.stop.reason"],
+                            )
                             counts[key] = counts.get(key, 0) + p.value
     return counts
 
@@ -123,8 +137,13 @@ def test_metric_names_units_and_attributes(runtime, sink, otel) -> None:  # type
     assert {p.attributes["gen_ai.token.type"] for p in usage} == {"output"}
     assert all(set(p.attributes) >= {"gen_ai.provider.name", "gen_ai.request.model"} for p in usage)
     latency = found["streamguard.stop.latency"].data.data_points
-    assert {"consumer_closed", "completed"} <= {p.attributes["streamguard.stop.reason"] for p in latency}
+    assert {"consumer_closed", "completed"} <= {
+        p.attributes["streamguard.stop.reason"] for p in latency
+    }
     # No stream ids or other high-cardinality attributes on any metric.
     for m in found.values():
         for p in m.data.data_points:
-            assert not any("id" in key.split(".")[-1] for key in p.attributes), (m.name, p.attributes)
+            assert not any("id" in key.split(".")[-1] for key in p.attributes), (
+                m.name,
+                p.attributes,
+            )

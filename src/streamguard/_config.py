@@ -146,9 +146,9 @@ def _check_argument(name: str, value: Any) -> Any:
                 f"{name} must be a finite number of seconds >= 0, got {value!r}.", variable=name
             )
         return float(value)
-    if name in {"max_buffered", "max_inflight", "expected_output_tokens", "max_output_tokens"}:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(
-                f"{name} must be a whole number >= 1, got {value!r}.", variable=name
-            )
+    counts = {"max_buffered", "max_inflight", "expected_output_tokens", "max_output_tokens"}
+    if name in counts and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigurationError(
+            f"{name} must be a whole number >= 1, got {value!r}.", variable=name
+        )
     return value

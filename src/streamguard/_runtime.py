@@ -139,7 +139,9 @@ class Runtime:
         # Exact usage replaces the estimate; the not-yet-handed-over and not-yet-consumed
         # shares keep their estimated sizes.
         committed = max(0, min(produced, produced - (est_produced - core.committed_tokens)))
-        consumed = max(0, min(committed, committed - (core.committed_tokens - core.consumed_tokens)))
+        consumed = max(
+            0, min(committed, committed - (core.committed_tokens - core.consumed_tokens))
+        )
         if outcome == "completed":
             self.lengths.observe(core.model, produced)
             prevented = 0

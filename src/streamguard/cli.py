@@ -14,10 +14,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="streamguard", description="StreamGuard: stops LLM token bleed."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the disconnect demo on an embedded producer")
-    demo.add_argument("--tokens", type=int, default=200, help="tokens the producer would emit")
-    demo.add_argument("--leave-after", type=int, default=10, help="tokens before the consumer leaves")
-    sub.add_parser("verify", help="verify receipts (JSON lines): signatures, hashes, chain", add_help=False)
+    demo = sub.add_parser("demo", help="measure the bleed without and with StreamGuard")
+    demo.add_argument("--upstream", help="a real Ollama server URL instead of the embedded one")
+    demo.add_argument("--model", help="model name for --upstream (default llama3.2)")
+    sub.add_parser(
+        "verify", help="verify receipts (JSON lines): signatures, hashes, chain", add_help=False
+    )
     keygen = sub.add_parser("keygen", help="write a fresh Ed25519 key pair (PEM)")
     keygen.add_argument("private_key")
     keygen.add_argument("public_key")
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from streamguard._demo import run_demo
 
-        return run_demo(tokens=args.tokens, leave_after=args.leave_after)
+        return run_demo(upstream=args.upstream, model=args.model)
     if args.command == "keygen":
         from streamguard._receipts.signing import generate_ed25519_keypair
 

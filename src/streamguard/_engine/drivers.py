@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from streamguard._engine.core import HIDE, StreamCore
 from streamguard._engine.reasons import StopReason
@@ -137,7 +137,9 @@ class SyncDriver(_Driver):
             raise self._after_stop() or StopIteration
         return chunk
 
-    def close(self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None) -> None:
+    def close(
+        self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None
+    ) -> None:
         """Always closes the upstream; a second call is a no-op."""
         self.core.request_stop(reason, detail)
 
@@ -147,9 +149,7 @@ class AsyncDriver(_Driver):
 
     __slots__ = ("_ait", "_task", "_watcher")
 
-    def __init__(
-        self, core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None
-    ) -> None:
+    def __init__(self, core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None) -> None:
         super().__init__(core, meter)
         self._ait = iterator
         self._task: asyncio.Task[Any] | None = None

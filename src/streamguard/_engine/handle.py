@@ -51,7 +51,9 @@ class StreamHandle:
         """The signed receipt once the stream is final, else None."""
         return self._core.receipt
 
-    def cancel(self, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None) -> bool:
+    def cancel(
+        self, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None
+    ) -> bool:
         """Stop the stream now. True if this call stopped it; a second call is a no-op."""
         return self._core.request_stop(to_reason(reason), detail or "cancelled by the application")
 

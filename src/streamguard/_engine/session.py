@@ -79,15 +79,16 @@ class StreamSession(StreamHandle):
         "M",
         "N",
         "__weakref__",
+        "_acked",
+        "_errored",
+        "_grace",
         "_loop",
         "_producer",
         "_queue",
-        "_upstream",
         "_started",
         "_timers",
         "_tokens_of",
-        "_errored",
-        "_grace",
+        "_upstream",
         "stats",
     )
 
@@ -163,6 +164,7 @@ class StreamSession(StreamHandle):
         core = self._core
         self._loop = loop
         self._queue = _CountingQueue(self.N, core, self._tokens_of)
+        self._acked = asyncio.Event()
         upstream = _ProducerUpstream(core, self._producer, self._queue, self.stats, self._grace)
         self._upstream = upstream
         core.bind_upstream(aclose=upstream.stop, loop=loop)
@@ -185,7 +187,9 @@ class StreamSession(StreamHandle):
             self.start()
         core = self._core
         while core.inflight >= self.M and core.stop_reason is None:
-            await asyncio.sleep(0.001)
+            # Another task acknowledges (an ASGI sender, say): wait for it, or for the stop.
+            self._acked.clear()
+            await self._acked.wait()
         if core.stop_reason is not None:
             self._raise_stopped()
         core.in_read = True
@@ -210,6 +214,8 @@ class StreamSession(StreamHandle):
     def ack(self, units: int = 1) -> int:
         """Acknowledge ``units`` taken tokens as consumed; returns how many were."""
         done = self._core.consume(units)
+        if self._started:
+            self._acked.set()
         self._update_stats()
         return done
 
@@ -236,9 +242,13 @@ class StreamSession(StreamHandle):
             raise StopIteration from None
 
     # ------------------------------------------------------------------- stopping
-    def cancel(self, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None) -> bool:
+    def cancel(
+        self, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None
+    ) -> bool:
         """Cut accounting and lifecycle at once. Idempotent; safe from any thread."""
-        stopped = self._core.request_stop(to_reason(reason), detail or "cancelled by the application")
+        stopped = self._core.request_stop(
+            to_reason(reason), detail or "cancelled by the application"
+        )
         if not self._started:  # never started: nothing to close, seal now
             self._core._closed()
         self._update_stats()
@@ -305,7 +315,11 @@ class _ProducerUpstream:
         grace: float,
     ) -> None:
         self.core, self.producer, self.queue, self.stats, self.grace = (
-            core, producer, queue, stats, grace
+            core,
+            producer,
+            queue,
+            stats,
+            grace,
         )
         self.cancel_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

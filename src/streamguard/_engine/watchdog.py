@@ -35,9 +35,7 @@ class Timers:
     idle_ns: int | None
 
     @classmethod
-    def of(
-        cls, stall: float | None, deadline: float | None, idle: float | None
-    ) -> Timers | None:
+    def of(cls, stall: float | None, deadline: float | None, idle: float | None) -> Timers | None:
         if stall is None and deadline is None and idle is None:
             return None
         return cls(_ns(stall), _ns(deadline), _ns(idle))

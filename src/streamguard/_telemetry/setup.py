@@ -1,4 +1,4 @@
-"""``configure_otel()``: OTLP exporters for traces, metrics and logs, for users with no OTel set-up."""
+"""``configure_otel()``: OTLP exporters for traces, metrics and logs, for apps with no OTel."""
 
 from __future__ import annotations
 
@@ -65,5 +65,8 @@ def configure_otel(
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     _logs.set_logger_provider(logger_provider)
-    return {"tracer_provider": tracer_provider, "meter_provider": meter_provider,
-            "logger_provider": logger_provider}
+    return {
+        "tracer_provider": tracer_provider,
+        "meter_provider": meter_provider,
+        "logger_provider": logger_provider,
+    }

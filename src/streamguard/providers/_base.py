@@ -36,14 +36,16 @@ log = logging.getLogger("streamguard")
 
 # Set while a guarded call runs, so that an SDK method calling another patched one (openai's
 # ``.stream()`` calling ``create``, mistral's ``parse_stream``) gives one stream one receipt.
-_in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("streamguard_in_call", default=False)
+_in_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "streamguard_in_call", default=False
+)
 
 
 def in_guarded_call() -> bool:
     return _in_call.get()
 
 
-class guarded_call:  # noqa: N801 - used as a context manager, reads like a function
+class guarded_call:
     """Marks the current context as inside a guarded SDK call (re-entrancy guard)."""
 
     __slots__ = ("_token",)
@@ -95,12 +97,16 @@ def _server(base_url: object) -> tuple[str | None, int | None]:
 def fail_core(core: StreamCore, exc: BaseException) -> None:
     """The request failed before a stream existed: the receipt says ``failed``."""
     if isinstance(exc, Exception):
-        core.request_stop(StopReason.UPSTREAM_ERROR, f"{type(exc).__name__}: {exc}"[:300], error=exc)
+        core.request_stop(
+            StopReason.UPSTREAM_ERROR, f"{type(exc).__name__}: {exc}"[:300], error=exc
+        )
     else:
-        core.request_stop(StopReason.CONSUMER_CANCELLED, f"{type(exc).__name__} before the first chunk")
+        core.request_stop(
+            StopReason.CONSUMER_CANCELLED, f"{type(exc).__name__} before the first chunk"
+        )
 
 
-class SyncStreamGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+class SyncStreamGuard(wrapt.ObjectProxy[Any]):
     """A guard around a sync SDK stream: the SDK object in every respect but its lifecycle.
 
     ``isinstance`` checks, attributes and helpers see the SDK's object; iteration, ``close``,
@@ -117,7 +123,9 @@ class SyncStreamGuard(wrapt.ObjectProxy):  # type: ignore[misc]
     ) -> None:
         super().__init__(wrapped)
         self._self_core = core
-        self._self_driver = SyncDriver(core, iterator if iterator is not None else iter(wrapped), meter)
+        self._self_driver = SyncDriver(
+            core, iterator if iterator is not None else iter(wrapped), meter
+        )
         core.runtime.watch(core)
 
     # wrapt forwards __iter__ to the wrapped object, which would bypass the guard: a proxy
@@ -156,13 +164,15 @@ class SyncStreamGuard(wrapt.ObjectProxy):  # type: ignore[misc]
         raise TypeError("A guarded stream cannot be pickled: it owns one upstream connection.")
 
 
-class AsyncStreamGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamGuard(wrapt.ObjectProxy[Any]):
     """A guard around an async SDK stream; see ``SyncStreamGuard``.
 
     ``close()`` is a coroutine, as on the SDKs' async streams; ``aclose()`` is its alias.
     """
 
-    def __init__(self, wrapped: Any, core: StreamCore, meter: Meter | None, iterator: Any = None) -> None:
+    def __init__(
+        self, wrapped: Any, core: StreamCore, meter: Meter | None, iterator: Any = None
+    ) -> None:
         super().__init__(wrapped)
         self._self_core = core
         self._self_driver = AsyncDriver(
@@ -247,7 +257,9 @@ class Patcher:
             log.warning(
                 "StreamGuard does not guard %s %s: supported versions are >=%s,<%s. Its streams "
                 "are NOT guarded; install a supported version.",
-                self.distribution, version, *self.supported,
+                self.distribution,
+                version,
+                *self.supported,
             )
             return False
         for module_name, path, wrapper in self.targets():

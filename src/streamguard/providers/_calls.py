@@ -55,7 +55,9 @@ def call_guarded(
     return _guard(result, core, guard_result)
 
 
-async def _await_and_guard(awaitable: Any, core: StreamCore, guard_result: Callable[[Any], Any]) -> Any:
+async def _await_and_guard(
+    awaitable: Any, core: StreamCore, guard_result: Callable[[Any], Any]
+) -> Any:
     try:
         with guarded_call():
             result = await awaitable
@@ -73,7 +75,7 @@ def _guard(result: Any, core: StreamCore, guard_result: Callable[[Any], Any]) ->
         raise
 
 
-class RawResponseGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+class RawResponseGuard(wrapt.ObjectProxy[Any]):
     """``with_raw_response`` / ``with_streaming_response``: the stream is guarded on ``parse()``.
 
     Until then the raw response owns the upstream: dropping it unparsed closes the connection.
@@ -117,15 +119,16 @@ class RawResponseGuard(wrapt.ObjectProxy):  # type: ignore[misc]
 def sdk_result_guard(
     guarding: Guarding,
     *,
-    sync_types: tuple[type, ...],
-    async_types: tuple[type, ...],
-    raw_types: tuple[type, ...] = (),
-    async_raw_types: tuple[type, ...] = (),
+    sync_types: tuple[type[Any], ...],
+    async_types: tuple[type[Any], ...],
+    raw_types: tuple[type[Any], ...] = (),
+    async_raw_types: tuple[type[Any], ...] = (),
 ) -> Callable[[Any], Any]:
     """Guard what an openai-style SDK returns: a Stream (closed through ``.response``), or a
     raw response whose ``parse()`` gives the stream."""
 
     def guard(result: Any) -> Any:
+        # ``result`` is typed Any on purpose: the SDK types are only known at run time.
         if isinstance(result, sync_types):
             return guarding.sync_stream(result, result.response.close)
         if isinstance(result, async_types):

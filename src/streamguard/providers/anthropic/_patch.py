@@ -38,8 +38,10 @@ class MessagesMeter:
         kind = event.type
         if kind == "content_block_delta":
             delta = event.delta
-            text = getattr(delta, "text", None) or getattr(delta, "partial_json", None) or getattr(
-                delta, "thinking", None
+            text = (
+                getattr(delta, "text", None)
+                or getattr(delta, "partial_json", None)
+                or getattr(delta, "thinking", None)
             )
             return estimate_tokens(text) or 1
         core = self.core
@@ -64,7 +66,9 @@ class MessagesMeter:
 def _start(instance: Any, kwargs: dict[str, Any]) -> tuple[StreamCore, Guarding]:
     max_tokens = kwargs.get("max_tokens")
     core = new_core(
-        PROVIDER, kwargs, operation="chat",
+        PROVIDER,
+        kwargs,
+        operation="chat",
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         base_url=instance._client.base_url,
     )
@@ -98,7 +102,7 @@ def _stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str
     return MessageStreamManagerGuard(manager, instance, kwargs)
 
 
-class MessageStreamManagerGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+class MessageStreamManagerGuard(wrapt.ObjectProxy[Any]):
     """Puts the guard inside the MessageStream (its ``_raw_stream``), so ``text_stream``,
     ``get_final_message()``, ``until_done()`` and ``close()`` all pass through it."""
 
@@ -140,7 +144,7 @@ class MessageStreamManagerGuard(wrapt.ObjectProxy):  # type: ignore[misc]
         return await self.__wrapped__.__aexit__(*exc_info)
 
 
-class SyncHelperGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+class SyncHelperGuard(wrapt.ObjectProxy[Any]):
     """The MessageStream the application holds: dropping it closes the upstream at once
     (the helper itself is in a reference cycle that only the cyclic GC would break)."""
 
@@ -169,7 +173,7 @@ class SyncHelperGuard(wrapt.ObjectProxy):  # type: ignore[misc]
             )
 
 
-class AsyncHelperGuard(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncHelperGuard(wrapt.ObjectProxy[Any]):
     """The AsyncMessageStream the application holds; see ``SyncHelperGuard``."""
 
     def __init__(self, helper: Any, core: StreamCore) -> None:

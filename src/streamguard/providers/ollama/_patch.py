@@ -9,6 +9,7 @@ during that first read) and closes the response itself, from any thread or task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from typing import Any
 
@@ -23,7 +24,7 @@ from streamguard.providers._base import (
 )
 from streamguard.providers._calls import call_guarded
 
-__all__ = ["OllamaPatcher", "OllamaMeter"]
+__all__ = ["OllamaMeter", "OllamaPatcher"]
 
 PROVIDER = "ollama"
 _MODULE = "ollama._client"
@@ -70,19 +71,17 @@ class _Capture:
         if self.response is not None:
             self.response.close()
             return
-        try:
+        # ValueError: executing in another thread before its request went out.
+        with contextlib.suppress(ValueError):
             self.generator.close()
-        except ValueError:  # executing in another thread before its request went out
-            pass
 
     async def aclose(self) -> None:
         if self.response is not None:
             await self.response.aclose()
             return
-        try:
+        # RuntimeError: running in another task before its request went out.
+        with contextlib.suppress(RuntimeError):
             await self.generator.aclose()
-        except RuntimeError:  # running in another task before its request went out
-            pass
 
 
 class _FirstReadCapture:
@@ -132,7 +131,9 @@ def _request(operation: str) -> Any:
         elif options is not None:
             num_predict = getattr(options, "num_predict", None)
         core = new_core(
-            PROVIDER, kwargs, operation=operation,
+            PROVIDER,
+            kwargs,
+            operation=operation,
             max_tokens=num_predict if isinstance(num_predict, int) and num_predict > 0 else None,
             base_url=getattr(getattr(instance, "_client", None), "base_url", None),
         )

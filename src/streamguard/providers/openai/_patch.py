@@ -65,19 +65,27 @@ def _chat_create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
         return wrapped(*args, **kwargs)
     kwargs, hide = _with_usage(kwargs)
     core = new_core(
-        PROVIDER, kwargs, operation="chat", max_tokens=_max_tokens(kwargs),
+        PROVIDER,
+        kwargs,
+        operation="chat",
+        max_tokens=_max_tokens(kwargs),
         base_url=instance._client.base_url,
     )
     guarding = Guarding(core, ChatMeter(core, hide))
     return call_guarded(wrapped, args, kwargs, core, _guard_result(guarding))
 
 
-def _completions_create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _completions_create(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     if not _is_streaming(kwargs):
         return wrapped(*args, **kwargs)
     kwargs, hide = _with_usage(kwargs)
     core = new_core(
-        PROVIDER, kwargs, operation="text_completion", max_tokens=_max_tokens(kwargs),
+        PROVIDER,
+        kwargs,
+        operation="text_completion",
+        max_tokens=_max_tokens(kwargs),
         base_url=instance._client.base_url,
     )
     guarding = Guarding(core, ChatMeter(core, hide))
@@ -88,19 +96,23 @@ def _responses(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[
     if not _is_streaming(kwargs):
         return wrapped(*args, **kwargs)
     core = new_core(
-        PROVIDER, kwargs, operation="chat", max_tokens=_max_tokens(kwargs),
+        PROVIDER,
+        kwargs,
+        operation="chat",
+        max_tokens=_max_tokens(kwargs),
         base_url=instance._client.base_url,
     )
     guarding = Guarding(core, ResponsesMeter(core))
     return call_guarded(wrapped, args, kwargs, core, _guard_result(guarding))
 
 
-def _helper_close(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _helper_close(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     # openai's stream helpers close the response they captured, bypassing the raw stream
     # (PROVIDERS.md pitfall 6): route the close through the guard first.
-    raw = getattr(instance, "_raw_stream", None)
-    closer = getattr(raw, "_self_driver", None)
-    if closer is not None:
+    raw: Any = getattr(instance, "_raw_stream", None)
+    if getattr(raw, "_self_driver", None) is not None:
         result = raw.close()
         if hasattr(result, "__await__"):
             return _then(result, wrapped, args, kwargs)
