@@ -23,6 +23,8 @@ from streamguard.exceptions import (
     StreamCancelled,
     StreamGuardError,
 )
+from streamguard.providers._base import handle_of
+from streamguard.providers._single import guard
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,8 @@ __all__ = [
     "active_streams",
     "cancel_stream",
     "configure_otel",
+    "guard",
+    "handle_of",
     "instrument",
     "is_instrumented",
     "uninstrument",

@@ -1,0 +1,104 @@
+"""``streamguard.guard(stream)``: guard one stream without patching anything."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from streamguard._engine.core import StreamCore
+from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
+from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, handle_of, new_core
+
+__all__ = ["guard"]
+
+
+class _OpenAIMeter:
+    """Chat or Responses: decided by the first chunk, since a Stream does not say which."""
+
+    __slots__ = ("core", "inner")
+
+    def __init__(self, core: StreamCore) -> None:
+        self.core = core
+        self.inner: Any = None
+
+    def __call__(self, chunk: Any) -> int:
+        inner = self.inner
+        if inner is None:
+            from streamguard.providers.openai._meters import ChatMeter, ResponsesMeter
+
+            inner = (
+                ChatMeter(self.core, False)
+                if hasattr(chunk, "choices")
+                else ResponsesMeter(self.core)
+            )
+            self.inner = inner
+        return int(inner(chunk))
+
+
+def _sdk_kind(stream: Any) -> tuple[str, bool] | None:
+    """(provider, is_async) for an SDK stream object, None for anything else."""
+    for provider in ("openai", "anthropic"):
+        module = sys.modules.get(provider)
+        if module is None:
+            continue
+        if isinstance(stream, module.Stream):
+            return provider, False
+        if isinstance(stream, module.AsyncStream):
+            return provider, True
+    return None
+
+
+def guard(
+    stream: Any,
+    *,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    provider: str | None = None,
+    attributes: Mapping[str, str | int | bool] | None = None,
+) -> Any:
+    """Guard one stream: an openai or anthropic ``Stream``/``AsyncStream``, or any (async)
+    iterable, without ``instrument()``. Returns the guarded stream; a guarded stream is
+    returned as it is. Example::
+
+        stream = streamguard.guard(client.chat.completions.create(..., stream=True),
+                                   model="gpt-4o")
+        for chunk in stream:
+            ...
+    """
+    if handle_of(stream) is not None or isinstance(stream, GuardedIterator | GuardedAsyncIterator):
+        return stream
+    kind = _sdk_kind(stream)
+    if kind is None:
+        if hasattr(stream, "__anext__") or (
+            hasattr(stream, "__aiter__") and not hasattr(stream, "__iter__")
+        ):
+            return GuardedAsyncIterator(
+                stream,
+                provider=provider or "custom",
+                model=model,
+                max_tokens=max_tokens,
+                attributes=attributes,
+            )
+        return GuardedIterator(
+            stream,
+            provider=provider or "custom",
+            model=model,
+            max_tokens=max_tokens,
+            attributes=attributes,
+        )
+    sdk, is_async = kind
+    core = new_core(sdk, {}, model=model, max_tokens=max_tokens)
+    core.attributes.update(attributes or {})
+    if sdk == "openai":
+        meter: Any = _OpenAIMeter(core)
+    else:
+        from streamguard.providers.anthropic._patch import MessagesMeter
+
+        meter = MessagesMeter(core)
+    if is_async:
+        core.bind_upstream(aclose=stream.response.aclose, loop=asyncio.get_running_loop())
+        return AsyncStreamGuard(stream, core, meter)
+    core.bind_upstream(close=stream.response.close)
+    return SyncStreamGuard(stream, core, meter)

@@ -1,0 +1,192 @@
+"""instrument()/uninstrument(), the OTel instrumentor entry point, and guard()."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+
+import openai
+import openai.resources.chat.completions.completions as chat_module
+import openai.resources.responses.responses as responses_module
+import pytest
+
+import streamguard
+from streamguard.providers import all_patchers
+from streamguard.providers._base import Patcher
+from streamguard.testing import Upstream
+
+PATCHED = [
+    (chat_module.Completions, "create"),
+    (chat_module.AsyncCompletions, "create"),
+    (responses_module.Responses, "create"),
+]
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(streamguard.__all__) == sorted(
+        [
+            "BudgetExceeded",
+            "Category",
+            "ConfigurationError",
+            "GuardedAsyncIterator",
+            "GuardedIterator",
+            "Options",
+            "Outcome",
+            "Receipt",
+            "ReceiptVerificationError",
+            "StopReason",
+            "StreamBlocked",
+            "StreamCancelled",
+            "StreamGuardError",
+            "StreamHandle",
+            "StreamSession",
+            "__version__",
+            "active_streams",
+            "cancel_stream",
+            "configure_otel",
+            "guard",
+            "handle_of",
+            "instrument",
+            "is_instrumented",
+            "uninstrument",
+        ]
+    )
+    for name in streamguard.__all__:
+        assert hasattr(streamguard, name), name
+
+
+def test_uninstrument_restores_the_originals_exactly() -> None:
+    before = {(cls, name): cls.__dict__[name] for cls, name in PATCHED}
+    import ollama
+
+    chat_before = ollama.chat
+    streamguard.instrument()
+    try:
+        assert all(cls.__dict__[name] is not before[(cls, name)] for cls, name in PATCHED)
+        assert ollama.chat is not chat_before
+        with pytest.warns(RuntimeWarning, match="already called"):
+            streamguard.instrument()
+    finally:
+        streamguard.uninstrument()
+    assert all(cls.__dict__[name] is before[(cls, name)] for cls, name in PATCHED)
+    assert ollama.chat is chat_before
+    assert not streamguard.is_instrumented()
+
+
+def test_bad_option_fails_at_instrument_and_patches_nothing() -> None:
+    original = chat_module.Completions.__dict__["create"]
+    with pytest.raises(streamguard.ConfigurationError, match="STREAMGUARD_STALL_TIMEOUT"):
+        os.environ["STREAMGUARD_STALL_TIMEOUT"] = "-5"
+        try:
+            streamguard.instrument()
+        finally:
+            del os.environ["STREAMGUARD_STALL_TIMEOUT"]
+    assert not streamguard.is_instrumented()
+    assert chat_module.Completions.__dict__["create"] is original
+
+
+def test_unsupported_version_is_refused_with_a_clear_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FutureSDK(Patcher):
+        name = distribution = "openai"
+        supported = ("0.1", "0.2")
+
+        def targets(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("must not patch an unsupported version")
+
+    assert FutureSDK().patch() is False
+    assert "supported versions are >=0.1,<0.2" in caplog.text
+    assert "NOT guarded" in caplog.text
+
+
+def test_missing_sdk_is_skipped() -> None:
+    class Missing(Patcher):
+        name = distribution = "no-such-sdk-streamguard"
+
+    assert Missing().patch() is False
+
+
+def test_every_supported_sdk_has_a_patcher() -> None:
+    assert {p.name for p in all_patchers()} >= {"openai", "anthropic", "ollama"}
+
+
+def test_entry_point_is_registered() -> None:
+    eps = importlib.metadata.entry_points(group="opentelemetry_instrumentor")
+    (ep,) = [e for e in eps if e.name == "streamguard"]
+    assert ep.load().__name__ == "StreamGuardInstrumentor"
+
+
+def test_opentelemetry_instrument_guards_streams_without_code_change(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ledger = tmp_path / "receipts.jsonl"
+    app = tmp_path / "app.py"
+    with Upstream(token_interval=0.005) as up:
+        app.write_text(
+            textwrap.dedent(
+                f"""
+                import openai
+                client = openai.OpenAI(base_url={up.openai_base_url!r}, api_key="k", max_retries=0)
+                stream = client.chat.completions.create(
+                    model="gpt-4o", messages=[{{"role": "user", "content": "hi"}}],
+                    max_tokens=100, stream=True)
+                for i, _ in enumerate(stream):
+                    if i == 3:
+                        break
+                print(type(stream).__name__)
+                """
+            )
+        )
+        env = {
+            **os.environ,
+            "STREAMGUARD_LEDGER_PATH": str(ledger),
+            "STREAMGUARD_SIGNING_KEY": "00" * 32,
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+        }
+        bindir = os.path.dirname(sys.executable)
+        result = subprocess.run(
+            [os.path.join(bindir, "opentelemetry-instrument"), sys.executable, str(app)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "SyncStreamGuard"
+    # The script kept its stream in a global until the interpreter exited: exactly one
+    # receipt, sealed at shutdown (DESIGN G4).
+    lines = ledger.read_text().splitlines()
+    assert len(lines) == 1
+    assert '"reason":"shutdown"' in lines[0]
+
+
+def test_guard_one_stream_without_instrument(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+    assert not streamguard.is_instrumented()
+    with Upstream(token_interval=0.005) as up:
+        client = openai.OpenAI(base_url=up.openai_base_url, api_key="k", max_retries=0)
+        raw = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=50, stream=True
+        )
+        stream = streamguard.guard(raw, model="gpt-4o", max_tokens=50)
+        assert streamguard.guard(stream) is stream
+        assert isinstance(stream, openai.Stream)
+        for i, _ in enumerate(stream):
+            if i == 4:
+                break
+        handle = streamguard.handle_of(stream)
+        assert handle is not None
+        stream.close()
+        receipt = handle.wait_receipt(2)
+        assert receipt is not None
+        assert (receipt.reason, receipt.provider, receipt.model) == (
+            "consumer_closed",
+            "openai",
+            "gpt-4o",
+        )
+        (record,) = up.wait_for_requests(1)
+        assert record.wait_done(2)
+        assert record.disconnected_ns is not None
