@@ -19,9 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamguard demo
 
+LINTED := $(wildcard src tests benchmarks examples)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

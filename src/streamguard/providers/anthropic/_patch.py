@@ -202,7 +202,9 @@ class AsyncHelperGuard(wrapt.ObjectProxy[Any]):
 class AnthropicPatcher(Patcher):
     name = "anthropic"
     distribution = "anthropic"
-    supported = ("0.60", "3")
+    # anthropic 0.x releases (seen in 0.121) give Stream an exact-class metaclass that no
+    # proxy passes isinstance on; 2.x has a plain one (PROVIDERS.md pitfall 10).
+    supported = ("2.0", "3")
 
     def targets(self) -> list[tuple[str, str, Any]]:
         found: list[tuple[str, str, Any]] = []
