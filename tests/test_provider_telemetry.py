@@ -62,9 +62,7 @@ def _open(provider: str, up: Upstream) -> object:
         )
     o = ollama.Client(host=up.ollama_host)
     CLIENTS.append(o)
-    return o.chat(
-        model="llama3", messages=PROMPT, stream=True, options={"num_predict": 12}
-    )
+    return o.chat(model="llama3", messages=PROMPT, stream=True, options={"num_predict": 12})
 
 
 @pytest.mark.parametrize(

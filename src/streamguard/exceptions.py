@@ -96,4 +96,4 @@ class ConfigurationError(StreamGuardError, ValueError):
 
 
 class EphemeralKeyWarning(UserWarning):
-    """No signing key is configured, so receipts are signed with a key that dies with the process."""
+    """No signing key is configured: receipts are signed with a key that dies with the process."""
