@@ -28,13 +28,16 @@ PATCHED = [
 def test_public_api_is_pinned() -> None:
     assert sorted(streamguard.__all__) == sorted(
         [
+            "Budget",
             "BudgetExceeded",
             "Category",
             "ConfigurationError",
             "GuardedAsyncIterator",
             "GuardedIterator",
+            "InMemoryBudgetStore",
             "Options",
             "Outcome",
+            "Price",
             "Receipt",
             "ReceiptVerificationError",
             "StopReason",
@@ -42,16 +45,20 @@ def test_public_api_is_pinned() -> None:
             "StreamCancelled",
             "StreamGuardError",
             "StreamHandle",
+            "StreamPolicy",
             "StreamSession",
             "__version__",
             "active_streams",
             "cancel_stream",
             "configure_otel",
+            "context",
             "guard",
             "handle_of",
             "instrument",
             "is_instrumented",
+            "limits",
             "uninstrument",
+            "Verdict",
         ]
     )
     for name in streamguard.__all__:

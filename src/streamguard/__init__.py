@@ -10,9 +10,13 @@ from __future__ import annotations
 from streamguard._config import Options
 from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
 from streamguard._engine.handle import StreamHandle, active_streams, cancel_stream
+from streamguard._engine.policy import StreamPolicy, Verdict
 from streamguard._engine.reasons import Category, Outcome, StopReason
 from streamguard._engine.session import StreamSession
 from streamguard._instrument import instrument, is_instrumented, uninstrument
+from streamguard._money.budget import Budget, InMemoryBudgetStore
+from streamguard._money.context import context, limits
+from streamguard._money.pricing import Price
 from streamguard._receipts.model import Receipt
 from streamguard._telemetry.setup import configure_otel
 from streamguard.exceptions import (
@@ -29,13 +33,16 @@ from streamguard.providers._single import guard
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
     "BudgetExceeded",
     "Category",
     "ConfigurationError",
     "GuardedAsyncIterator",
     "GuardedIterator",
+    "InMemoryBudgetStore",
     "Options",
     "Outcome",
+    "Price",
     "Receipt",
     "ReceiptVerificationError",
     "StopReason",
@@ -43,14 +50,18 @@ __all__ = [
     "StreamCancelled",
     "StreamGuardError",
     "StreamHandle",
+    "StreamPolicy",
     "StreamSession",
+    "Verdict",
     "__version__",
     "active_streams",
     "cancel_stream",
     "configure_otel",
+    "context",
     "guard",
     "handle_of",
     "instrument",
     "is_instrumented",
+    "limits",
     "uninstrument",
 ]

@@ -45,6 +45,18 @@ def _flag(value: str) -> bool:
     raise ValueError("must be one of true/false/1/0/yes/no/on/off")
 
 
+def _usd(value: str) -> str:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise ValueError("must be a decimal amount of USD") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("must be a decimal amount of USD >= 0")
+    return value
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -68,6 +80,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("STREAMGUARD_REDIS_URL", _text),
     "expected_output_tokens": ("STREAMGUARD_EXPECTED_OUTPUT_TOKENS", _count),
     "max_output_tokens": ("STREAMGUARD_MAX_OUTPUT_TOKENS", _count),
+    "budget_usd": ("STREAMGUARD_BUDGET_USD", _usd),
+    "budget_window": ("STREAMGUARD_BUDGET_WINDOW", _text),
+    "budget_scope": ("STREAMGUARD_BUDGET_SCOPE", str),
 }
 
 
@@ -83,6 +98,9 @@ class Options:
     - ``cancel_grace``: seconds a StreamSession producer gets to honour ``cancel_event``.
     - ``expected_output_tokens``: expected answer length before a model has history, for
       the prevented estimate.
+    - ``max_output_tokens``: stop a stream (``max_output_tokens``) past this many tokens.
+    - ``budget_usd``/``budget_window``/``budget_scope``: one budget from the environment
+      (e.g. "25", "1d", "tenant"); code passes ``budgets=[Budget(...)]`` to ``instrument()``.
     """
 
     max_buffered: int = 64
@@ -100,6 +118,9 @@ class Options:
     redis_url: str | None = dataclasses.field(default=None, repr=False)
     expected_output_tokens: int = 512
     max_output_tokens: int | None = None
+    budget_usd: str | None = None
+    budget_window: str | None = None
+    budget_scope: str | None = None
 
     @classmethod
     def resolve(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streamguard._config import Options
 from streamguard._engine.loopthread import stop_background_loop
+from streamguard._money.pricing import Pricing
 from streamguard._runtime import Runtime, set_runtime
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
@@ -20,12 +21,25 @@ _patched: list[Any] = []  # provider patchers that applied, to undo in reverse
 _instrumented = False
 
 
-def instrument(*, sinks: Iterable[Any] = (), signer: Any = None, **options: Any) -> None:
+def instrument(
+    *,
+    sinks: Iterable[Any] = (),
+    signer: Any = None,
+    budgets: Iterable[Any] = (),
+    policies: Iterable[Any] = (),
+    prices: Mapping[str, Any] | None = None,
+    price_function: Any = None,
+    budget_store: Any = None,
+    **options: Any,
+) -> None:
     """Guard every stream of the installed provider SDKs from now on.
 
     Options are those of ``streamguard.Options`` (each also read from its ``STREAMGUARD_*``
     environment variable; arguments win). Bad configuration raises ``ConfigurationError`` here,
-    never later inside a stream. A second call is a no-op with a warning. Example::
+    never later inside a stream. Besides those: ``sinks`` (extra receipt sinks), ``signer``,
+    ``budgets`` (``Budget``), ``policies`` (``StreamPolicy``), ``prices`` (model -> ``Price``
+    overrides), ``price_function(provider, model) -> Price | None`` and ``budget_store``.
+    A second call is a no-op with a warning. Example::
 
         import streamguard
         streamguard.instrument(stall_timeout=10, ledger_path="/var/lib/app/receipts.jsonl")
@@ -40,7 +54,15 @@ def instrument(*, sinks: Iterable[Any] = (), signer: Any = None, **options: Any)
                 stacklevel=2,
             )
             return
-        runtime = Runtime(Options.resolve(options), signer=signer, sinks=sinks)
+        runtime = Runtime(
+            Options.resolve(options),
+            signer=signer,
+            sinks=sinks,
+            budgets=budgets,
+            policies=policies,
+            pricing=Pricing(prices, price_function),
+            budget_store=budget_store,
+        )
         previous = set_runtime(runtime)
         if previous is not None:
             previous.shutdown()

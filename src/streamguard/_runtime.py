@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -20,8 +20,11 @@ from streamguard._config import Options
 from streamguard._engine.core import StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
+from streamguard._money.budget import Budget, InMemoryBudgetStore
+from streamguard._money.context import current_limits, current_scope
 from streamguard._money.estimate import LengthModel
 from streamguard._money.pricing import Pricing, money
+from streamguard._money.spend import estimate_input_tokens, open_spend
 from streamguard._receipts.chain import Ledger
 from streamguard._receipts.ledger import JsonlLedgerSink
 from streamguard._receipts.model import Receipt
@@ -57,6 +60,9 @@ class Runtime:
         signer: Signer | None = None,
         sinks: Iterable[Any] = (),
         pricing: Pricing | None = None,
+        budgets: Iterable[Budget] = (),
+        policies: Iterable[Any] = (),
+        budget_store: Any = None,
     ) -> None:
         self.options = options or Options.resolve()
         opts = self.options
@@ -72,6 +78,10 @@ class Runtime:
         self.lengths = LengthModel(opts.expected_output_tokens)
         self.pricing = pricing or Pricing()
         self.timers = Timers.of(opts.stall_timeout, opts.deadline, opts.idle_timeout)
+        self.budgets = tuple(budgets) + _env_budget(opts)
+        self.policies = tuple(policies)
+        self.budget_store = budget_store or _default_store(opts)
+        self._warned: set[str] = set()
         self._streams: dict[str, StreamCore] = {}
         self._lock = threading.Lock()
         self.closed = False
@@ -85,6 +95,47 @@ class Runtime:
         except Exception as exc:
             report_fault("telemetry.stream_started", exc)
 
+    def begin(self, core: StreamCore, request: Mapping[str, Any] | None = None) -> None:
+        """Apply scope, budgets, policies and caps to a new stream, before its request is sent.
+
+        Raises ``BudgetExceeded`` (the receipt says ``rejected``) when a budget has nothing left.
+        """
+        limits = current_limits()
+        scope = current_scope()
+        if scope:
+            core.attributes.update(scope)
+        checks: list[Any] = []
+        budgets = self.budgets + limits.budgets
+        if budgets:
+            spend = open_spend(
+                core, budgets, self.budget_store, scope, estimate_input_tokens(request or {})
+            )
+            if spend is not None:
+                core.spend = spend
+                checks.append(spend)
+        cap = limits.max_output_tokens or self.options.max_output_tokens
+        if cap is not None:
+            checks.append(_cap_check(cap))
+        policies = self.policies + limits.policies
+        if policies:
+            from streamguard._engine.policy import sync_checker
+
+            runs = [policy.start() for policy in policies]
+            core.policy_runs = runs
+            sync_runs = [run for run in runs if not run.policy.is_async]
+            if sync_runs:
+                checks.append(sync_checker(sync_runs))
+            # Async checks are awaited by an async driver; a sync stream runs them on the
+            # background loop instead (see StreamCore.bind_upstream).
+            core.async_checks = [run for run in runs if run.policy.is_async] or None
+        core.checks = checks or None
+        core.deadline = limits.deadline
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
     def active(self) -> list[StreamCore]:
         with self._lock:
             return list(self._streams.values())
@@ -96,6 +147,9 @@ class Runtime:
     # ----------------------------------------------------------------------- timers
     def watch(self, core: StreamCore, timers: Timers | None = None) -> None:
         """Start the stall/deadline/idle timers of a stream (none if all are off)."""
+        if timers is None and core.deadline is not None:
+            opts = self.options
+            timers = Timers.of(opts.stall_timeout, core.deadline, opts.idle_timeout)
         core.watch = timers if timers is not None else self.timers
         if core.watch is None:
             return
@@ -113,6 +167,7 @@ class Runtime:
     def finalize(self, core: StreamCore) -> None:
         """Seal and emit the one receipt of ``core``. Called once, after the upstream closed."""
         receipt: Receipt | None = None
+        self._settle(core)
         try:
             receipt = self.ledger.seal(self._fields(core))
         except Exception as exc:
@@ -130,6 +185,19 @@ class Runtime:
         with self._lock:
             self._streams.pop(core.stream_id, None)
         core.mark_final(receipt)
+
+    def _settle(self, core: StreamCore) -> None:
+        """Budgets get the actual cost; end-only policies get their turn on a completed stream."""
+        try:
+            if core.policy_runs and core.stop_reason is StopReason.COMPLETED:
+                from streamguard._engine.policy import finish
+
+                finish(core, core.policy_runs)
+            if core.spend is not None:
+                output = core.usage_exact if core.usage_exact is not None else core.produced_tokens
+                core.spend.settle(core.input_tokens, output)
+        except Exception as exc:
+            report_fault("finalize.settle", exc)
 
     def _fields(self, core: StreamCore) -> dict[str, Any]:
         reason = core.stop_reason or StopReason.UPSTREAM_ERROR
@@ -228,6 +296,31 @@ class Runtime:
                     close()
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
+
+
+def _cap_check(cap: int) -> Any:
+    def check(core: StreamCore, chunk: object, tokens: int) -> None:
+        if core.produced_tokens > cap:
+            core.request_stop(
+                StopReason.MAX_OUTPUT_TOKENS, f"the output reached the cap of {cap} tokens"
+            )
+
+    return check
+
+
+def _default_store(opts: Options) -> Any:
+    if opts.redis_url:
+        from streamguard._money.redis_store import RedisBudgetStore
+
+        return RedisBudgetStore(opts.redis_url)
+    return InMemoryBudgetStore()
+
+
+def _env_budget(opts: Options) -> tuple[Budget, ...]:
+    if opts.budget_usd is None:
+        return ()
+    scope = tuple(s.strip() for s in (opts.budget_scope or "").split(",") if s.strip())
+    return (Budget(opts.budget_usd, window=opts.budget_window, scope=scope, name="env"),)
 
 
 _current: Runtime | None = None

@@ -59,12 +59,14 @@ class StreamCore:
         "_loop",
         "_pending",
         "_receipt_waiters",
+        "async_checks",
         "attributes",
         "checks",
         "committed",
         "committed_tokens",
         "consumed",
         "consumed_tokens",
+        "deadline",
         "detail",
         "error_type",
         "estimated_output_tokens",
@@ -74,6 +76,7 @@ class StreamCore:
         "model",
         "operation",
         "phase",
+        "policy_runs",
         "post_cutoff",
         "post_cutoff_tokens",
         "produced",
@@ -88,6 +91,7 @@ class StreamCore:
         "server_address",
         "server_port",
         "span",
+        "spend",
         "stop_exc",
         "stop_reason",
         "stream_id",
@@ -99,6 +103,7 @@ class StreamCore:
         "t_stop_requested",
         "t_upstream_closed",
         "t_upstream_closed_mono",
+        "text_of",
         "usage_exact",
         "watch",
     )
@@ -161,6 +166,11 @@ class StreamCore:
         self.receipt: Receipt | None = None
         self.span: Any = None
         self.checks: list[Callable[[StreamCore, Any, int], None]] | None = None
+        self.async_checks: list[Any] | None = None  # policy runs with async checks
+        self.text_of: Callable[[Any], str | None] | None = None  # set by the provider layer
+        self.spend: Any = None  # budget accounts (streamguard._money.spend.Spend)
+        self.policy_runs: list[Any] | None = None
+        self.deadline: float | None = None  # per-request deadline (streamguard.limits)
         self.watch: Any = None
         runtime.stream_opened(self)
 
@@ -180,6 +190,11 @@ class StreamCore:
         if aclose is not None and loop is None:
             loop = asyncio.get_running_loop()
         self._loop = loop
+        if aclose is None and self.async_checks is not None:
+            from streamguard._engine.policy import sync_checker
+
+            self.checks = [*(self.checks or ()), sync_checker(self.async_checks)]
+            self.async_checks = None
 
     # ------------------------------------------------------------------------ counters
     def admit(self, tokens: int, chunk: object = None) -> bool:
@@ -189,6 +204,10 @@ class StreamCore:
         caller must then not hand it over. Checks (budget, policy, caps) run between produced
         and committed; a check that stops the stream keeps the unit from being handed over.
         """
+        return self.produce(tokens, chunk) and self.commit(tokens)
+
+    def produce(self, tokens: int, chunk: object = None) -> bool:
+        """``admit``'s first half, for drivers that await checks in between; runs sync checks."""
         with self._lock:
             if self.stop_reason is not None:
                 self.post_cutoff += 1
@@ -201,6 +220,10 @@ class StreamCore:
         if self.checks is not None:
             for check in self.checks:
                 check(self, chunk, tokens)
+        return self.stop_reason is None
+
+    def commit(self, tokens: int) -> bool:
+        """``admit``'s second half: hand the produced unit over unless the stream was cut."""
         with self._lock:
             if self.stop_reason is not None:
                 return False
@@ -209,30 +232,6 @@ class StreamCore:
             self._pending.append(tokens)
             self.t_last = _monotonic_ns()
         return True
-
-    def produce_only(self, tokens: int) -> bool:
-        """Count a unit received into a buffer (StreamSession); False after the cutoff."""
-        with self._lock:
-            if self.stop_reason is not None:
-                self.post_cutoff += 1
-                self.post_cutoff_tokens += tokens
-                return False
-            self.produced += 1
-            self.produced_tokens += tokens
-            if self.t_first_chunk is None:
-                self.t_first_chunk = _time_ns()
-            return True
-
-    def commit_buffered(self, tokens: int) -> bool:
-        """Hand over a unit already counted by ``produce_only``; False after the cutoff."""
-        with self._lock:
-            if self.stop_reason is not None:
-                return False
-            self.committed += 1
-            self.committed_tokens += tokens
-            self._pending.append(tokens)
-            self.t_last = _monotonic_ns()
-            return True
 
     def consume(self, units: int = 1) -> int:
         """The consumer is done with up to ``units`` handed-over units; frozen after the cutoff."""

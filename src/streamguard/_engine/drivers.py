@@ -187,7 +187,14 @@ class AsyncDriver(_Driver):
             raise
         core.in_read = False
         if tokens >= 0:
-            if not core.admit(tokens, chunk):
+            if core.async_checks is None:
+                if not core.admit(tokens, chunk):
+                    raise self._after_stop() or StopAsyncIteration
+            elif not (
+                core.produce(tokens, chunk)
+                and await _async_checks(core, chunk, tokens)
+                and core.commit(tokens)
+            ):
                 raise self._after_stop() or StopAsyncIteration
         elif core.stop_reason is not None:
             raise self._after_stop() or StopAsyncIteration
@@ -215,6 +222,17 @@ class AsyncDriver(_Driver):
         if self._task is not None:
             self._task.remove_done_callback(self._watcher)
             self._task = None
+
+
+async def _async_checks(core: StreamCore, chunk: Any, tokens: int) -> bool:
+    """Async policy checks, awaited between produced and committed (never blocking the loop)."""
+    text = core.text_of(chunk) if core.text_of is not None else None
+    for run in core.async_checks or ():
+        if run.due(text or "", tokens):
+            run.apply(core, await run.evaluate_async())
+            if core.stop_reason is not None:
+                return False
+    return core.stop_reason is None
 
 
 class _TaskWatcher:

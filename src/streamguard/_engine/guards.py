@@ -7,8 +7,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from typing import Any, Generic, TypeVar
 
 from streamguard._engine.core import StreamCore
-from streamguard._engine.drivers import AsyncDriver, Meter, SyncDriver
+from streamguard._engine.drivers import Meter
 from streamguard._engine.handle import StreamHandle
+from streamguard._engine.holdback import async_driver, sync_driver
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers
 
@@ -30,7 +31,7 @@ def _new_core(
         from streamguard._runtime import get_runtime
 
         runtime = get_runtime()
-    return StreamCore(
+    core = StreamCore(
         runtime,
         provider=provider,
         model=model,
@@ -38,6 +39,13 @@ def _new_core(
         request_max_tokens=max_tokens,
         attributes=attributes,
     )
+    runtime.begin(core)
+    core.text_of = _text_of
+    return core
+
+
+def _text_of(item: object) -> str | None:
+    return item if isinstance(item, str) else None
 
 
 def _timers(runtime: Any, stall: Any, deadline: Any, idle: Any) -> Timers | None:
@@ -83,7 +91,7 @@ class GuardedIterator(StreamHandle, Generic[T]):
         super().__init__(core)
         iterator = iter(iterable)
         core.bind_upstream(close=close if close is not None else getattr(iterator, "close", None))
-        self._driver = SyncDriver(core, iterator, meter)
+        self._driver = sync_driver(core, iterator, meter)
         core.runtime.watch(core, _timers(core.runtime, stall_timeout, deadline, idle_timeout))
 
     def __iter__(self) -> GuardedIterator[T]:
@@ -134,7 +142,7 @@ class GuardedAsyncIterator(StreamHandle, Generic[T]):
         iterator = aiter(iterable)
         closer = aclose if aclose is not None else getattr(iterator, "aclose", None)
         core.bind_upstream(aclose=closer or _nothing, loop=asyncio.get_running_loop())
-        self._driver = AsyncDriver(core, iterator, meter)
+        self._driver = async_driver(core, iterator, meter)
         core.runtime.watch(core, _timers(core.runtime, stall_timeout, deadline, idle_timeout))
 
     def __aiter__(self) -> GuardedAsyncIterator[T]:

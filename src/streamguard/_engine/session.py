@@ -60,7 +60,7 @@ class _CountingQueue(asyncio.Queue[Any]):
             self._queue.append((item, 0))
             return
         tokens = self._tokens_of(item)
-        if self._core.produce_only(tokens):
+        if self._core.produce(tokens, item):
             self._queue.append((item, tokens))
 
     def _get(self) -> Any:
@@ -125,6 +125,14 @@ class StreamSession(StreamHandle):
             request_max_tokens=max_tokens,
             attributes=attributes,
         )
+        runtime.begin(core)
+        core.text_of = _text_of
+        if core.async_checks is not None:
+            from streamguard.exceptions import ConfigurationError
+
+            raise ConfigurationError(
+                "StreamSession runs policy checks as tokens are put: use a sync check function."
+            )
         super().__init__(core)
         self._producer = producer
         self.N, self.M = N, M
@@ -206,7 +214,7 @@ class StreamSession(StreamHandle):
                 core.request_stop(StopReason.COMPLETED)
             self._update_stats()
             self._raise_stopped()
-        if not core.commit_buffered(tokens):
+        if not core.commit(tokens):
             self._raise_stopped()
         self._update_stats()
         return item
@@ -368,6 +376,10 @@ class _ProducerUpstream:
             )
             task.cancel()
             await asyncio.wait({task})
+
+
+def _text_of(item: Any) -> str | None:
+    return item if isinstance(item, str) else None
 
 
 def _default_tokens(item: Any) -> int:

@@ -25,6 +25,7 @@ STREAM_ID = "streamguard.stream.id"
 KIND = "streamguard.kind"
 RESULT = "streamguard.result"
 LATER_SIGNALS = "streamguard.stop.later_signals"
+BUDGET = "streamguard.budget"
 
 # The receipt on the span event and the log record.
 RECEIPT_EVENT = "streamguard.receipt"
@@ -63,6 +64,11 @@ STOP_LATENCY = (
     "Time from the stop signal to the upstream connection being closed.",
 )
 RECEIPTS = ("streamguard.receipts", "{receipt}", "Receipts finalised, by result.")
+BUDGET_STORE_ERRORS = (
+    "streamguard.budget.store_errors",
+    "{error}",
+    "Budget store (Redis) failures, by budget and whether the budget failed open or closed.",
+)
 ESTIMATE_DRIFT = (
     "streamguard.estimate.drift",
     "{token}",

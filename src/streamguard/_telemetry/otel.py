@@ -53,6 +53,7 @@ class Telemetry:
             self.tokens = meter.create_counter(*n.TOKENS)
             self.cost = meter.create_counter(*n.COST)
             self.receipts = meter.create_counter(*n.RECEIPTS)
+            self.store_errors = meter.create_counter(*n.BUDGET_STORE_ERRORS)
             self._ready = True
 
     # ---------------------------------------------------------------------- stream open
@@ -78,6 +79,11 @@ class Telemetry:
             name, kind=SpanKind.CLIENT, attributes=attributes, start_time=core.t_started
         )
         self.active.add(1, {n.PROVIDER: core.provider})
+
+    def store_error(self, budget: str, fail_open: bool) -> None:
+        if not self._ready:
+            self._setup()
+        self.store_errors.add(1, {n.BUDGET: budget, n.RESULT: "open" if fail_open else "closed"})
 
     def span_ids(self, core: StreamCore) -> tuple[str | None, str | None]:
         ctx = core.span.get_span_context() if core.span is not None else None

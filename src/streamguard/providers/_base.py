@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import wrapt
 
 from streamguard._engine.core import StreamCore
-from streamguard._engine.drivers import AsyncDriver, Meter, SyncDriver
+from streamguard._engine.drivers import Meter
 from streamguard._engine.handle import StreamHandle
+from streamguard._engine.holdback import async_driver, sync_driver
 from streamguard._engine.reasons import StopReason
 from streamguard._runtime import get_runtime
 
@@ -68,8 +69,9 @@ def new_core(
 ) -> StreamCore:
     """A core for one request, started before the request is sent."""
     host, port = _server(base_url)
-    return StreamCore(
-        get_runtime(),
+    runtime = get_runtime()
+    core = StreamCore(
+        runtime,
         provider=provider,
         model=model if model is not None else _str(kwargs.get("model")),
         operation=operation,
@@ -77,6 +79,8 @@ def new_core(
         server_address=host,
         server_port=port,
     )
+    runtime.begin(core, kwargs)  # may raise BudgetExceeded: then no request is sent
+    return core
 
 
 def _str(value: object) -> str | None:
@@ -123,7 +127,7 @@ class SyncStreamGuard(wrapt.ObjectProxy[Any]):
     ) -> None:
         super().__init__(wrapped)
         self._self_core = core
-        self._self_driver = SyncDriver(
+        self._self_driver = sync_driver(
             core, iterator if iterator is not None else iter(wrapped), meter
         )
         core.runtime.watch(core)
@@ -175,7 +179,7 @@ class AsyncStreamGuard(wrapt.ObjectProxy[Any]):
     ) -> None:
         super().__init__(wrapped)
         self._self_core = core
-        self._self_driver = AsyncDriver(
+        self._self_driver = async_driver(
             core, iterator if iterator is not None else wrapped.__aiter__(), meter
         )
         core.runtime.watch(core)

@@ -22,6 +22,7 @@ class Guarding:
     def __init__(self, core: StreamCore, meter: Meter) -> None:
         self.core = core
         self.meter = meter
+        core.text_of = getattr(meter, "text", None)  # what policies read
 
     def sync_stream(self, stream: Any, close: Callable[[], object]) -> SyncStreamGuard:
         self.core.bind_upstream(close=close)

@@ -62,6 +62,12 @@ class MessagesMeter:
                 core.set_usage(output_tokens=event.usage.output_tokens)
         return NOT_A_UNIT
 
+    @staticmethod
+    def text(event: Any) -> str | None:
+        if event.type != "content_block_delta":
+            return None
+        return getattr(event.delta, "text", None)
+
 
 def _start(instance: Any, kwargs: dict[str, Any]) -> tuple[StreamCore, Guarding]:
     max_tokens = kwargs.get("max_tokens")

@@ -57,6 +57,11 @@ class OllamaMeter:
             return max(1, estimate_tokens(text))
         return estimate_tokens(text) if text else NOT_A_UNIT
 
+    @staticmethod
+    def text(part: Any) -> str | None:
+        message = getattr(part, "message", None)
+        return message.content if message is not None else getattr(part, "response", None)
+
 
 class _Capture:
     """Holds the generator and, once its request is sent, the HTTP response; closes either."""
@@ -138,6 +143,7 @@ def _request(operation: str) -> Any:
             base_url=getattr(getattr(instance, "_client", None), "base_url", None),
         )
         meter = OllamaMeter(core)
+        core.text_of = meter.text
 
         def guard(generator: Any) -> Any:
             box = _Capture(generator)

@@ -53,6 +53,14 @@ class ChatMeter:
             tokens = max(tokens, 1)
         return tokens if tokens else (1 if delta.content else NOT_A_UNIT)
 
+    @staticmethod
+    def text(chunk: Any) -> str | None:
+        choices = chunk.choices
+        if not choices:
+            return None
+        delta = getattr(choices[0], "delta", None)
+        return str(choices[0].text) if delta is None else delta.content
+
 
 _TEXT_EVENTS = frozenset(
     {
@@ -88,3 +96,7 @@ class ResponsesMeter:
             if kind != "response.created":
                 core.finish_reasons.append(response.status or kind.rsplit(".", 1)[-1])
         return NOT_A_UNIT
+
+    @staticmethod
+    def text(event: Any) -> str | None:
+        return str(event.delta) if event.type in _TEXT_EVENTS else None
