@@ -30,6 +30,7 @@ def instrument(
     prices: Mapping[str, Any] | None = None,
     price_function: Any = None,
     budget_store: Any = None,
+    billing: Mapping[str, str] | None = None,
     **options: Any,
 ) -> None:
     """Guard every stream of the installed provider SDKs from now on.
@@ -38,7 +39,8 @@ def instrument(
     environment variable; arguments win). Bad configuration raises ``ConfigurationError`` here,
     never later inside a stream. Besides those: ``sinks`` (extra receipt sinks), ``signer``,
     ``budgets`` (``Budget``), ``policies`` (``StreamPolicy``), ``prices`` (model -> ``Price``
-    overrides), ``price_function(provider, model) -> Price | None`` and ``budget_store``.
+    overrides), ``price_function(provider, model) -> Price | None``, ``budget_store`` and
+    ``billing`` (provider -> "stops_on_abort" | "whole_completion", for the prevented estimate).
     A second call is a no-op with a warning. Example::
 
         import streamguard
@@ -62,6 +64,7 @@ def instrument(
             policies=policies,
             pricing=Pricing(prices, price_function),
             budget_store=budget_store,
+            billing=billing,
         )
         previous = set_runtime(runtime)
         if previous is not None:

@@ -63,6 +63,7 @@ class Runtime:
         budgets: Iterable[Budget] = (),
         policies: Iterable[Any] = (),
         budget_store: Any = None,
+        billing: Mapping[str, str] | None = None,
     ) -> None:
         self.options = options or Options.resolve()
         opts = self.options
@@ -81,6 +82,7 @@ class Runtime:
         self.budgets = tuple(budgets) + _env_budget(opts)
         self.policies = tuple(policies)
         self.budget_store = budget_store or _default_store(opts)
+        self.billing = {**_BILLING, **(billing or {})}
         self._warned: set[str] = set()
         self._streams: dict[str, StreamCore] = {}
         self._lock = threading.Lock()
@@ -213,6 +215,8 @@ class Runtime:
         if outcome == "completed":
             self.lengths.observe(core.model, produced)
             prevented = 0
+        elif self.billing.get(core.provider, STOPS_ON_ABORT) == WHOLE_COMPLETION:
+            prevented = 0  # this provider bills the whole completion: nothing is prevented
         else:
             expected = self.lengths.expected(core.model)
             if core.request_max_tokens is not None:
@@ -251,7 +255,10 @@ class Runtime:
             },
             "trace_id": trace_id,
             "span_id": span_id,
-            "attributes": dict(core.attributes),
+            "attributes": {
+                **core.attributes,
+                "billing": self.billing.get(core.provider, STOPS_ON_ABORT),
+            },
         }
 
     def _cost(
@@ -267,9 +274,13 @@ class Runtime:
                 "prevented_estimate": None,
                 "pricing_source": "unknown",
             }
+        cached = min(core.cached_input_tokens or 0, core.input_tokens or 0)
+        input_cost = Decimal((core.input_tokens or 0) - cached) * price.input + Decimal(cached) * (
+            price.cached_input if price.cached_input is not None else price.input
+        )
         return {
             "currency": "USD",
-            "input": money(Decimal(core.input_tokens or 0) * price.input),
+            "input": money(input_cost),
             "output": money(produced * price.output),
             "undelivered": money(undelivered * price.output),
             "prevented_estimate": money(prevented * price.output),
@@ -296,6 +307,20 @@ class Runtime:
                     close()
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
+
+
+STOPS_ON_ABORT = "stops_on_abort"
+WHOLE_COMPLETION = "whole_completion"
+# How each provider bills a stream that is cut: every provider here stops generating, and
+# billing, when the connection closes (ollama is local and bills nothing). A gateway that
+# bills the whole completion is configured with instrument(billing={"name": "whole_completion"}).
+_BILLING = {
+    "openai": STOPS_ON_ABORT,
+    "anthropic": STOPS_ON_ABORT,
+    "ollama": STOPS_ON_ABORT,
+    "gcp.gemini": STOPS_ON_ABORT,
+    "mistral_ai": STOPS_ON_ABORT,
+}
 
 
 def _cap_check(cap: int) -> Any:

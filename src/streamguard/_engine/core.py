@@ -60,6 +60,7 @@ class StreamCore:
         "_pending",
         "_receipt_waiters",
         "async_checks",
+        "cached_input_tokens",
         "attributes",
         "checks",
         "committed",
@@ -144,6 +145,7 @@ class StreamCore:
         self.post_cutoff_tokens = 0
         self._pending: collections.deque[int] = collections.deque()  # committed, not consumed
         self.input_tokens: int | None = None
+        self.cached_input_tokens: int | None = None  # of input_tokens, read from a cache
         self.usage_exact: int | None = None  # output tokens reported by the provider
         self.estimated_output_tokens: int | None = None  # the estimate usage replaced
         self.response_id: str | None = None
@@ -252,12 +254,18 @@ class StreamCore:
         return len(self._pending)
 
     def set_usage(
-        self, *, input_tokens: int | None = None, output_tokens: int | None = None
+        self,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_input_tokens: int | None = None,
     ) -> None:
         """Provider-reported usage: replaces the estimate (the last report wins)."""
         with self._lock:
             if input_tokens is not None:
                 self.input_tokens = input_tokens
+            if cached_input_tokens is not None:
+                self.cached_input_tokens = cached_input_tokens
             if output_tokens is not None:
                 if self.usage_exact is None:
                     self.estimated_output_tokens = self.produced_tokens

@@ -8,14 +8,15 @@ __all__ = ["LengthModel", "estimate_tokens"]
 
 
 def estimate_tokens(text: str | None) -> int:
-    """About four characters per token, at least one for any non-empty text.
+    """About four characters per token (rounded), at least one for any non-empty text.
 
-    Cheap on purpose: it runs per chunk. Exact provider usage replaces it at the end of a
-    stream, and the difference is recorded as drift.
+    Cheap on purpose: it runs per chunk, on the event loop too. Exact provider usage replaces
+    it at the end of a stream, and the difference is recorded as drift
+    (``streamguard.estimate.drift``).
     """
     if not text:
         return 0
-    return (len(text) + 3) // 4
+    return max(1, (len(text) + 2) // 4)
 
 
 class LengthModel:

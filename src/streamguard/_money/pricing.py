@@ -27,6 +27,7 @@ class Price:
     input: Decimal
     output: Decimal
     source: str = "override"
+    cached_input: Decimal | None = None  # cache reads; None: priced as input
 
 
 PriceFunction = Callable[[str, str], Price | None]
@@ -70,15 +71,22 @@ class Pricing:
             return None
         from genai_prices import Usage, calc_price
 
+        million = 1_000_000
         try:
-            per_input = calc_price(Usage(input_tokens=1_000_000), model, provider_id=provider_id)
-            per_output = calc_price(Usage(output_tokens=1_000_000), model, provider_id=provider_id)
+            per_input = calc_price(Usage(input_tokens=million), model, provider_id=provider_id)
+            per_output = calc_price(Usage(output_tokens=million), model, provider_id=provider_id)
+            per_cached = calc_price(
+                Usage(input_tokens=million, cache_read_tokens=million),
+                model,
+                provider_id=provider_id,
+            )
         except LookupError:
             return None
         return Price(
             Decimal(per_input.total_price) / _MTOK,
             Decimal(per_output.total_price) / _MTOK,
             "genai-prices",
+            Decimal(per_cached.total_price) / _MTOK,
         )
 
 

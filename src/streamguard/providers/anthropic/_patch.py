@@ -51,10 +51,13 @@ class MessagesMeter:
             core.response_model = message.model
             usage = message.usage
             if usage is not None:
-                cached = (getattr(usage, "cache_read_input_tokens", None) or 0) + (
-                    getattr(usage, "cache_creation_input_tokens", None) or 0
+                # Anthropic's input_tokens exclude cache reads and writes; the receipt counts
+                # all input, with cache reads priced as such (writes at the input price).
+                read = getattr(usage, "cache_read_input_tokens", None) or 0
+                written = getattr(usage, "cache_creation_input_tokens", None) or 0
+                core.set_usage(
+                    input_tokens=usage.input_tokens + read + written, cached_input_tokens=read
                 )
-                core.set_usage(input_tokens=usage.input_tokens + cached)
         elif kind == "message_delta":
             if event.delta.stop_reason:
                 core.finish_reasons.append(event.delta.stop_reason)

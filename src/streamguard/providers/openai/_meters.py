@@ -29,8 +29,11 @@ class ChatMeter:
         if not choices:
             usage = getattr(chunk, "usage", None)
             if usage is not None:
+                details = getattr(usage, "prompt_tokens_details", None)
                 core.set_usage(
-                    input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens
+                    input_tokens=usage.prompt_tokens,
+                    output_tokens=usage.completion_tokens,
+                    cached_input_tokens=getattr(details, "cached_tokens", None),
                 )
                 return HIDE if self.hide_usage else NOT_A_UNIT
             return NOT_A_UNIT
@@ -92,7 +95,12 @@ class ResponsesMeter:
             core.response_model = response.model
             usage = response.usage
             if usage is not None:
-                core.set_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+                details = getattr(usage, "input_tokens_details", None)
+                core.set_usage(
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cached_input_tokens=getattr(details, "cached_tokens", None),
+                )
             if kind != "response.created":
                 core.finish_reasons.append(response.status or kind.rsplit(".", 1)[-1])
         return NOT_A_UNIT
