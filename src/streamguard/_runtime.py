@@ -30,6 +30,7 @@ from streamguard._receipts.ledger import JsonlLedgerSink
 from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
+from streamguard.integrations._request import current_request
 
 __all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
 
@@ -84,6 +85,11 @@ class Runtime:
         self.budget_store = budget_store or _default_store(opts)
         self.billing = {**_BILLING, **(billing or {})}
         self._warned: set[str] = set()
+        self.remote: Any = None
+        if opts.redis_url:
+            from streamguard._engine.remote import RemoteCancel
+
+            self.remote = RemoteCancel(opts.redis_url, self)
         self._streams: dict[str, StreamCore] = {}
         self._lock = threading.Lock()
         self.closed = False
@@ -102,6 +108,9 @@ class Runtime:
 
         Raises ``BudgetExceeded`` (the receipt says ``rejected``) when a budget has nothing left.
         """
+        owner = current_request()
+        if owner is not None:
+            owner.add(core)
         limits = current_limits()
         scope = current_scope()
         if scope:
@@ -300,6 +309,8 @@ class Runtime:
                 # An async stream whose loop is not running: seal it from here.
                 core._closed()
         self.watchdog.stop()
+        if self.remote is not None:
+            self.remote.close()
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:

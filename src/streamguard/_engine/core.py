@@ -63,6 +63,7 @@ class StreamCore:
         "attributes",
         "cached_input_tokens",
         "checks",
+        "consume_on_next",
         "committed",
         "committed_tokens",
         "consumed",
@@ -174,6 +175,9 @@ class StreamCore:
         self.policy_runs: list[Any] | None = None
         self.deadline: float | None = None  # per-request deadline (streamguard.limits)
         self.watch: Any = None
+        # The application asking for the next unit marks the previous one consumed, unless an
+        # integration counts consumption itself (the ASGI middleware: when bytes are sent).
+        self.consume_on_next = True
         runtime.stream_opened(self)
 
     # ----------------------------------------------------------------- upstream binding

@@ -27,8 +27,15 @@ T = TypeVar("T")
 Meter = Callable[[Any], int]
 
 _monotonic_ns = time.monotonic_ns
+# Stops after which reading on just ends: the stream completed, or whoever would read the
+# rest is gone (the consumer closed it, was cancelled, or its HTTP client disconnected).
 _QUIET = frozenset(
-    {StopReason.COMPLETED, StopReason.CONSUMER_CLOSED, StopReason.CONSUMER_CANCELLED}
+    {
+        StopReason.COMPLETED,
+        StopReason.CONSUMER_CLOSED,
+        StopReason.CONSUMER_CANCELLED,
+        StopReason.CLIENT_DISCONNECT,
+    }
 )
 
 
@@ -39,7 +46,7 @@ def _one_unit(chunk: object) -> int:
 def stop_error(core: StreamCore) -> BaseException | None:
     """What the application gets when it reads a stream the guard has stopped.
 
-    None (the iteration just ends) when the stream completed or the consumer itself left;
+    None (the iteration just ends) when the stream completed or its consumer left;
     the policy exceptions for budget and content stops; ``StreamCancelled`` for every other
     stop, so a truncated answer is never mistaken for a complete one.
     """
@@ -105,7 +112,7 @@ class SyncDriver(_Driver):
 
     def next(self) -> Any:
         core = self.core
-        if core._pending:
+        if core._pending and core.consume_on_next:
             core.consume(1)
         if core.stop_reason is not None:
             raise self._after_stop() or StopIteration
@@ -157,7 +164,7 @@ class AsyncDriver(_Driver):
 
     async def next(self) -> Any:
         core = self.core
-        if core._pending:
+        if core._pending and core.consume_on_next:
             core.consume(1)
         if core.stop_reason is not None:
             raise self._after_stop() or StopAsyncIteration

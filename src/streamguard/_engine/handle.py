@@ -76,10 +76,17 @@ def active_streams() -> list[StreamHandle]:
 def cancel_stream(
     stream_id: str, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None
 ) -> bool:
-    """Stop the stream ``stream_id`` of this process. False if unknown or already stopped."""
+    """Stop the stream ``stream_id``: in this process, or, with ``STREAMGUARD_REDIS_URL`` set,
+    in whichever process or replica runs it. True if it was stopped here or a cancel was
+    published to at least one other process; False if unknown or already stopped."""
     from streamguard._runtime import get_runtime
 
-    core = get_runtime().find(stream_id)
-    if core is None:
-        return False
-    return core.request_stop(to_reason(reason), detail or "cancelled by stream id")
+    stop = to_reason(reason)
+    runtime = get_runtime()
+    core = runtime.find(stream_id)
+    if core is not None:
+        return core.request_stop(stop, detail or "cancelled by stream id")
+    if runtime.remote is not None:
+        published = runtime.remote.publish(stream_id, str(stop), detail or "cancelled by stream id")
+        return bool(published > 1)
+    return False

@@ -63,7 +63,7 @@ class HoldbackSyncDriver(SyncDriver):
 
     def next(self) -> Any:
         core, hold = self.core, self._hold
-        if core._pending:
+        if core._pending and core.consume_on_next:
             core.consume(1)
         while not hold.ready:
             if core.stop_reason is not None:
@@ -116,7 +116,7 @@ class HoldbackAsyncDriver(AsyncDriver):
         import asyncio
 
         core, hold = self.core, self._hold
-        if core._pending:
+        if core._pending and core.consume_on_next:
             core.consume(1)
         task = asyncio.current_task()
         if task is not self._task:

@@ -1,0 +1,82 @@
+"""Cross-process cancel over Redis pub/sub: ``cancel_stream(id)`` reaches every replica.
+
+With ``STREAMGUARD_REDIS_URL`` set, each process subscribes to one channel in a daemon thread
+and stops the streams it holds when their id is published. ``shutdown()`` ends the thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from streamguard._engine.handle import to_reason
+
+if TYPE_CHECKING:
+    from streamguard._runtime import Runtime
+
+__all__ = ["RemoteCancel"]
+
+log = logging.getLogger("streamguard")
+CHANNEL = "streamguard:cancel"
+
+
+class RemoteCancel:
+    def __init__(self, url: str, runtime: Runtime) -> None:
+        import redis
+
+        self._client: Any = redis.Redis.from_url(url, socket_connect_timeout=1.0)
+        self._runtime = runtime
+        self._stop = threading.Event()
+        self._pubsub: Any = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="streamguard-remote-cancel", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait(2.0)
+
+    def publish(self, stream_id: str, reason: str, detail: str | None) -> int:
+        """Ask every process to stop ``stream_id``; returns how many processes listened."""
+        message = json.dumps({"stream_id": stream_id, "reason": reason, "detail": detail})
+        return int(self._client.publish(CHANNEL, message))
+
+    def _run(self) -> None:
+        try:
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(CHANNEL)
+        except Exception as exc:
+            log.warning("StreamGuard cross-process cancel is off: Redis is unreachable (%r)", exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except Exception as exc:  # Redis went away: retry quietly until shutdown
+                log.debug("StreamGuard remote cancel: %r", exc)
+                self._stop.wait(0.5)
+                continue
+            if not message or message.get("type") != "message":
+                continue
+            try:
+                data = json.loads(message["data"])
+                core = self._runtime.find(str(data["stream_id"]))
+                if core is not None:
+                    core.request_stop(
+                        to_reason(data.get("reason") or "manual"),
+                        data.get("detail") or "cancelled from another process",
+                    )
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("StreamGuard ignored a malformed cancel message: %r", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        try:
+            if self._pubsub is not None:
+                self._pubsub.close()
+            self._client.close()
+        except Exception as exc:  # closing a dead connection must not fail shutdown
+            log.debug("StreamGuard remote cancel close: %r", exc)
