@@ -197,3 +197,38 @@ def test_guard_one_stream_without_instrument(runtime, sink) -> None:  # type: ig
         (record,) = up.wait_for_requests(1)
         assert record.wait_done(2)
         assert record.disconnected_ns is not None
+
+
+def test_uninstrument_leaves_no_thread_task_or_socket_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    with Upstream(token_interval=0.005) as up:
+        streamguard.instrument(stall_timeout=5)
+        client = openai.OpenAI(base_url=up.openai_base_url, api_key="k", max_retries=0)
+        stream = client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=500,
+            stream=True,
+        )
+        next(stream)
+        session = streamguard.StreamSession(producer=_Idle(), N=2, M=1)
+        session.start()  # outside a loop: runs on the background loop thread
+        assert {t.name for t in threading.enumerate()} >= {
+            "streamguard-watchdog",
+            "streamguard-loop",
+        }
+        streamguard.uninstrument()
+        product = ("streamguard-watchdog", "streamguard-loop", "streamguard-remote-cancel")
+        assert not [t for t in threading.enumerate() if t.name in product]
+        (record,) = up.wait_for_requests(1)
+        assert record.wait_done(2)
+        assert record.disconnected_ns is not None  # the socket was closed
+        assert streamguard.handle_of(stream).receipt.reason == "shutdown"  # type: ignore[union-attr]
+        assert session.receipt is not None and session.receipt.reason == "shutdown"
+        client.close()
+
+
+class _Idle:
+    async def run(self, *, out_q, cancel_event, stats) -> None:  # type: ignore[no-untyped-def]
+        await cancel_event.wait()
