@@ -168,7 +168,10 @@ def test_stop_button_in_headless_chromium(upstream, example_app, tmp_path) -> No
     assert shown.startswith(" w0 w1 w2")
     record = upstream.requests[requests_before]
     assert record.wait_done(3)
-    assert (record.disconnected_ns - t_stop) / 1e6 <= 100
-    assert record.tokens_after(t_stop) <= 5
+    # A browser round trip sits between the click and the disconnect: a generous bound (the
+    # 100 ms bound is proven with a plain HTTP client in test_asgi.py).
+    assert (record.disconnected_ns - t_stop) / 1e6 <= 1000
+    assert record.completed is False
+    assert record.tokens_after(t_stop) <= 50
     receipt = _ledger_receipts(ledger, before + 1)[before]
     assert receipt["reason"] in {"manual", "client_disconnect"}
