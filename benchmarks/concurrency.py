@@ -334,7 +334,7 @@ def run() -> dict[str, Any]:
     rt = c.make_runtime(keep_receipts=False)
     c.install(rt)  # the runtime guard() uses
     if c.QUICK:
-        net_reps, net_n, mem_reps, mem_n = 1, 100, 1, 1000
+        net_reps, net_n, mem_reps, mem_n = 1, 50, 1, 500
     else:
         net_reps, net_n, mem_reps, mem_n = 3, 1000, 3, 10_000
     net, info = _network(net_reps, net_n)

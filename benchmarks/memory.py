@@ -53,8 +53,8 @@ def run() -> dict[str, Any]:
 
     mode = c.OTEL_MODE
     c.setup_otel(mode, retain=False)
-    n = 500 if c.QUICK else STREAMS
-    reps = 3
+    n = 300 if c.QUICK else STREAMS
+    reps = 2 if c.QUICK else 3
     rt = c.make_runtime(keep_receipts=False)  # default timers: stall 30 s, armed per stream
     c.install(rt)
 

@@ -270,7 +270,7 @@ def run() -> dict[str, Any]:
     import streamguard
 
     c.setup_otel(c.OTEL_MODE, retain=False)
-    tokens = 200 if c.QUICK else 500
+    tokens = 100 if c.QUICK else 500
     reps = 3 if c.QUICK else 7
     k = 1 if c.QUICK else 3
     bodies = record_bodies(tokens)

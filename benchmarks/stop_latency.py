@@ -176,7 +176,7 @@ def run() -> dict[str, Any]:
     c.setup_otel(c.OTEL_MODE, retain=False)
     rt = c.make_runtime()
     c.install(rt)
-    n_close, n_del, n_async = (100, 20, 20) if c.QUICK else (1000, 200, 200)
+    n_close, n_del, n_async = (60, 10, 10) if c.QUICK else (1000, 200, 200)
     figures: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     with RemoteUpstream(token_interval=INTERVAL) as up:
