@@ -164,6 +164,7 @@ class Runtime:
         core.watch = timers if timers is not None else self.timers
         if core.watch is None:
             return
+        core.idle_clock = core.watch.idle_ns is not None
         loop = core._loop
         if loop is not None:
             arm_loop_timer(core, loop)
@@ -178,9 +179,10 @@ class Runtime:
     def finalize(self, core: StreamCore) -> None:
         """Seal and emit the one receipt of ``core``. Called once, after the upstream closed."""
         receipt: Receipt | None = None
+        canonical = b""
         self._settle(core)
         try:
-            receipt = self.ledger.seal(self._fields(core))
+            receipt, canonical = self.ledger.seal_bytes(self._fields(core))
         except Exception as exc:
             report_fault("receipt.seal", exc)
         if receipt is not None:
@@ -190,7 +192,7 @@ class Runtime:
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}", exc)
         try:
-            self.telemetry.stream_finished(core, receipt)
+            self.telemetry.stream_finished(core, receipt, canonical)
         except Exception as exc:
             report_fault("telemetry.stream_finished", exc)
         with self._lock:

@@ -1,4 +1,4 @@
-"""The ``streamguard`` command: ``demo``, ``verify``, ``keygen``."""
+"""The ``streamguard`` command: ``demo``, ``verify``, ``report``, ``keygen``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "verify", help="verify receipts (JSON lines): signatures, hashes, chain", add_help=False
     )
+    sub.add_parser(
+        "report", help="summarize receipts: spend, prevented, undelivered (--html)", add_help=False
+    )
     keygen = sub.add_parser("keygen", help="write a fresh Ed25519 key pair (PEM)")
     keygen.add_argument("private_key")
     keygen.add_argument("public_key")
@@ -27,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from streamguard._receipts.verify import verify_main
 
         return verify_main(argv[1:])
+    if argv and argv[0] == "report":
+        from streamguard._report import report_main
+
+        return report_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from streamguard._demo import run_demo

@@ -65,6 +65,7 @@ class StreamCore:
         "checks",
         "committed",
         "committed_tokens",
+        "consume_due",
         "consume_on_next",
         "consumed",
         "consumed_tokens",
@@ -73,6 +74,7 @@ class StreamCore:
         "error_type",
         "estimated_output_tokens",
         "finish_reasons",
+        "idle_clock",
         "in_read",
         "input_tokens",
         "model",
@@ -157,6 +159,7 @@ class StreamCore:
         self.t_first_chunk: int | None = None
         self.t_last = self.t_started_mono  # last hand-over (monotonic ns): the stall clock
         self.in_read = False  # inside an upstream read: the idle clock runs from t_last
+        self.idle_clock = False  # an idle timer is armed: reads must stamp t_last
         self.t_stop_requested: int | None = None
         self.t_stop_mono: int | None = None
         self.t_upstream_closed: int | None = None
@@ -178,6 +181,10 @@ class StreamCore:
         # The application asking for the next unit marks the previous one consumed, unless an
         # integration counts consumption itself (the ASGI middleware: when bytes are sent).
         self.consume_on_next = True
+        # The application asked for the next unit: everything handed over before is consumed.
+        # Applied lazily in the next critical section (admit, produce, stop) to save a lock
+        # per unit; logically it happened at the ask, before any later stop.
+        self.consume_due = False
         runtime.stream_opened(self)
 
     # ----------------------------------------------------------------- upstream binding
@@ -210,7 +217,26 @@ class StreamCore:
         caller must then not hand it over. Checks (budget, policy, caps) run between produced
         and committed; a check that stops the stream keeps the unit from being handed over.
         """
-        return self.produce(tokens, chunk) and self.commit(tokens)
+        if self.checks is not None:
+            return self.produce(tokens, chunk) and self.commit(tokens)
+        # The hot path, with no checks: produced and committed in one critical section.
+        with self._lock:
+            if self.stop_reason is not None:
+                self.post_cutoff += 1
+                self.post_cutoff_tokens += tokens
+                return False
+            if self.consume_due:
+                self._consume_due_locked()
+            self.produced += 1
+            self.produced_tokens += tokens
+            self.committed += 1
+            self.committed_tokens += tokens
+            self._pending.append(tokens)
+            now = _monotonic_ns()
+            self.t_last = now
+            if self.t_first_chunk is None:
+                self.t_first_chunk = self.t_started + (now - self.t_started_mono)
+        return True
 
     def produce(self, tokens: int, chunk: object = None) -> bool:
         """``admit``'s first half, for drivers that await checks in between; runs sync checks."""
@@ -219,6 +245,8 @@ class StreamCore:
                 self.post_cutoff += 1
                 self.post_cutoff_tokens += tokens
                 return False
+            if self.consume_due:
+                self._consume_due_locked()
             self.produced += 1
             self.produced_tokens += tokens
             if self.t_first_chunk is None:
@@ -239,6 +267,13 @@ class StreamCore:
             self.t_last = _monotonic_ns()
         return True
 
+    def _consume_due_locked(self) -> None:
+        self.consume_due = False
+        pending = self._pending
+        while pending:
+            self.consumed_tokens += pending.popleft()
+            self.consumed += 1
+
     def consume(self, units: int = 1) -> int:
         """The consumer is done with up to ``units`` handed-over units; frozen after the cutoff."""
         done = 0
@@ -250,7 +285,6 @@ class StreamCore:
                 self.consumed_tokens += pending.popleft()
                 done += 1
             self.consumed += done
-            self.t_last = _monotonic_ns()
         return done
 
     @property
@@ -299,6 +333,8 @@ class StreamCore:
                 if len(self._later) < 16:
                     self._later.append(str(reason))
                 return False
+            if self.consume_due:  # the ask came before this stop
+                self._consume_due_locked()
             self.stop_reason = reason
             self.detail = detail
             self.rejected = rejected
@@ -398,6 +434,8 @@ class StreamCore:
     def snapshot(self) -> dict[str, Any]:
         """The live counters (``stats``), consistent at one instant."""
         with self._lock:
+            if self.consume_due and self.stop_reason is None:
+                self._consume_due_locked()
             return {
                 "stream_id": self.stream_id,
                 "state": ("open", "stopping", "closed", "final")[self.phase],

@@ -27,6 +27,7 @@ T = TypeVar("T")
 Meter = Callable[[Any], int]
 
 _monotonic_ns = time.monotonic_ns
+_current_task = asyncio.current_task
 # Stops after which reading on just ends: the stream completed, or whoever would read the
 # rest is gone (the consumer closed it, was cancelled, or its HTTP client disconnected).
 _QUIET = frozenset(
@@ -68,7 +69,7 @@ def stop_error(core: StreamCore) -> BaseException | None:
 
 
 class _Driver:
-    __slots__ = ("_errored", "core", "meter")
+    __slots__ = ("__weakref__", "_errored", "core", "meter")
 
     def __init__(self, core: StreamCore, meter: Meter | None) -> None:
         self.core = core
@@ -113,10 +114,11 @@ class SyncDriver(_Driver):
     def next(self) -> Any:
         core = self.core
         if core._pending and core.consume_on_next:
-            core.consume(1)
+            core.consume_due = True
         if core.stop_reason is not None:
             raise self._after_stop() or StopIteration
-        core.t_last = _monotonic_ns()
+        if core.idle_clock:
+            core.t_last = _monotonic_ns()
         core.in_read = True
         meter = self.meter
         try:
@@ -165,13 +167,14 @@ class AsyncDriver(_Driver):
     async def next(self) -> Any:
         core = self.core
         if core._pending and core.consume_on_next:
-            core.consume(1)
+            core.consume_due = True
         if core.stop_reason is not None:
             raise self._after_stop() or StopAsyncIteration
-        task = asyncio.current_task()
+        task = _current_task()
         if task is not self._task:
             self._follow(task)
-        core.t_last = _monotonic_ns()
+        if core.idle_clock:
+            core.t_last = _monotonic_ns()
         core.in_read = True
         meter = self.meter
         try:

@@ -148,8 +148,9 @@ class GuardedAsyncIterator(StreamHandle, Generic[T]):
     def __aiter__(self) -> GuardedAsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> T:
-        return await self._driver.next()  # type: ignore[no-any-return]
+    def __anext__(self) -> Awaitable[T]:
+        # The driver's coroutine itself, not one wrapping it: one frame less per unit.
+        return self._driver.next()
 
     async def aclose(self) -> None:
         """Always closes the upstream, even when cancelled; a second call is a no-op."""

@@ -64,11 +64,12 @@ class HoldbackSyncDriver(SyncDriver):
     def next(self) -> Any:
         core, hold = self.core, self._hold
         if core._pending and core.consume_on_next:
-            core.consume(1)
+            core.consume_due = True
         while not hold.ready:
             if core.stop_reason is not None:
                 raise self._after_stop() or StopIteration
-            core.t_last = _now()
+            if core.idle_clock:
+                core.t_last = _now()
             core.in_read = True
             try:
                 chunk = next(self._it)
@@ -117,14 +118,15 @@ class HoldbackAsyncDriver(AsyncDriver):
 
         core, hold = self.core, self._hold
         if core._pending and core.consume_on_next:
-            core.consume(1)
+            core.consume_due = True
         task = asyncio.current_task()
         if task is not self._task:
             self._follow(task)
         while not hold.ready:
             if core.stop_reason is not None:
                 raise self._after_stop() or StopAsyncIteration
-            core.t_last = _now()
+            if core.idle_clock:
+                core.t_last = _now()
             core.in_read = True
             try:
                 chunk = await self._ait.__anext__()

@@ -15,6 +15,7 @@ import heapq
 import itertools
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,8 @@ class Watchdog:
     """One daemon thread for every sync stream's timers."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, StreamCore]] = []
+        # Entries hold cores weakly: a finished stream is not kept alive until its due time.
+        self._heap: list[tuple[int, int, weakref.ref[StreamCore]]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -101,8 +103,9 @@ class Watchdog:
                     target=self._run, name="streamguard-watchdog", daemon=True
                 )
                 self._thread.start()
-            heapq.heappush(self._heap, (due, next(self._seq), core))
-            if self._heap[0][2] is core:
+            ref = weakref.ref(core)
+            heapq.heappush(self._heap, (due, next(self._seq), ref))
+            if self._heap[0][2] is ref:
                 self._cond.notify()
 
     def _run(self) -> None:
@@ -120,12 +123,16 @@ class Watchdog:
                     return
                 now = time.monotonic_ns()
                 while heap and heap[0][0] <= now:
-                    core = heapq.heappop(heap)[2]
+                    ref = heapq.heappop(heap)[2]
+                    core = ref()
+                    if core is None:
+                        continue
                     reason, due = evaluate(core, now)
                     if reason is not None:
                         due_now.append((core, reason))
                     elif due is not None:
-                        heapq.heappush(heap, (due, next(self._seq), core))
+                        heapq.heappush(heap, (due, next(self._seq), ref))
+                    del core
             # Stops run outside the lock: closing an upstream may take a while.
             for core, reason in due_now:
                 core.request_stop(reason, _DETAIL[reason])
@@ -146,16 +153,22 @@ class Watchdog:
 
 
 def arm_loop_timer(core: StreamCore, loop: asyncio.AbstractEventLoop) -> None:
-    """Watch an async stream with a ``call_at`` timer on its own loop."""
+    """Watch an async stream with a ``call_at`` timer on its own loop.
+
+    The timer holds the core weakly: a finished stream is not kept alive by a pending timer.
+    """
     _, due = evaluate(core, time.monotonic_ns())
     if due is not None:
         # asyncio's loop.time() is time.monotonic(): the same clock as the cores use.
-        loop.call_at(due / 1e9, _fire_loop_timer, core, loop)
+        loop.call_at(due / 1e9, _fire_loop_timer, weakref.ref(core), loop)
 
 
-def _fire_loop_timer(core: StreamCore, loop: asyncio.AbstractEventLoop) -> None:
+def _fire_loop_timer(ref: weakref.ref[StreamCore], loop: asyncio.AbstractEventLoop) -> None:
+    core = ref()
+    if core is None:
+        return
     reason, due = evaluate(core, time.monotonic_ns())
     if reason is not None:
         core.request_stop(reason, _DETAIL[reason])
     elif due is not None:
-        loop.call_at(due / 1e9, _fire_loop_timer, core, loop)
+        loop.call_at(due / 1e9, _fire_loop_timer, ref, loop)

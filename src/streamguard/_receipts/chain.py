@@ -89,7 +89,11 @@ class Ledger:
         return self._prev_hash
 
     def seal(self, fields: Mapping[str, Any]) -> Receipt:
-        """Seal ``fields`` into the next receipt of this ledger and return it.
+        """Seal ``fields`` into the next receipt of this ledger (see ``seal_bytes``)."""
+        return self.seal_bytes(fields)[0]
+
+    def seal_bytes(self, fields: Mapping[str, Any]) -> tuple[Receipt, bytes]:
+        """Seal ``fields`` into the next receipt; return it with its canonical bytes.
 
         ``fields`` holds every ``Receipt`` field except ``ledger_id``, ``seq``, ``prev_hash``,
         ``hash``, ``signature`` and ``schema``; ``request_max_tokens``, ``detail``,
@@ -127,7 +131,7 @@ class Ledger:
             # Commit only after every step succeeded: a failed seal leaves no gap.
             self._next_seq = seq + 1
             self._prev_hash = digest
-        return draft
+        return draft, data
 
     def __repr__(self) -> str:
         return (

@@ -92,8 +92,13 @@ class Telemetry:
         return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
     # ---------------------------------------------------------------------- stream end
-    def stream_finished(self, core: StreamCore, receipt: Receipt | None) -> None:
-        """Receipt event and log record, span end, metrics. Never raises past the runtime."""
+    def stream_finished(
+        self, core: StreamCore, receipt: Receipt | None, canonical: bytes = b""
+    ) -> None:
+        """Receipt event and log record, span end, metrics. Never raises past the runtime.
+
+        ``canonical`` is the receipt's canonical JSON as sealed (so it is not encoded twice).
+        """
         span = core.span
         provider, model = core.provider, core.model or "unknown"
         reason = str(core.stop_reason)
@@ -105,8 +110,10 @@ class Telemetry:
             category = str(core.stop_reason.category or "")  # type: ignore[union-attr]
         base = {n.PROVIDER: provider, n.REQUEST_MODEL: model}
         try:
-            if span is not None:
-                self._finish_span(core, span, receipt, outcome, reason, category)
+            if span is not None and span.is_recording():
+                self._finish_span(core, span, receipt, outcome, reason, category, canonical)
+            elif span is not None:
+                span.end()
             if receipt is not None:
                 self._emit_log(core, span, receipt)
         finally:
@@ -121,6 +128,7 @@ class Telemetry:
         outcome: str,
         reason: str,
         category: str,
+        canonical: bytes,
     ) -> None:
         attrs: dict[str, Any] = {n.OUTCOME: outcome, n.STOP_REASON: reason}
         if category:
@@ -144,13 +152,16 @@ class Telemetry:
             attrs[n.ERROR_TYPE] = core.error_type or "upstream_error"
         span.set_attributes(attrs)
         if receipt is not None:
-            span.add_event(n.RECEIPT_EVENT, _event_attributes(receipt), receipt.times.finalized)
+            event = _event_attributes(receipt, canonical or receipt.canonical_bytes())
+            span.add_event(n.RECEIPT_EVENT, event, receipt.times.finalized)
         if outcome == "failed":
             span.set_status(Status(StatusCode.ERROR, core.detail or core.error_type))
         span.end(end_time=receipt.times.finalized if receipt is not None else None)
 
     def _emit_log(self, core: StreamCore, span: Any, receipt: Receipt) -> None:
         context = trace.set_span_in_context(span) if span is not None else None
+        if not self.logger.enabled(context=context, event_name=n.RECEIPT_EVENT):
+            return  # no logs pipeline: skip building the body
         attributes: dict[str, Any] = {
             n.EVENT_ATTR: "receipt",
             n.RECEIPT_ID: receipt.receipt_id,
@@ -236,13 +247,13 @@ def _histogram(meter: metrics.Meter, spec: tuple[str, str, str], buckets: Any) -
     )
 
 
-def _event_attributes(receipt: Receipt) -> dict[str, Any]:
+def _event_attributes(receipt: Receipt, canonical: bytes) -> dict[str, Any]:
     tokens = receipt.tokens
     return {
         n.RECEIPT_ID: receipt.receipt_id,
         n.RECEIPT_SEQ: receipt.seq,
         n.RECEIPT_HASH: receipt.hash,
-        n.RECEIPT_JSON: receipt.canonical_bytes().decode(),
+        n.RECEIPT_JSON: canonical.decode(),
         n.RECEIPT_SIG_ALG: receipt.signature.alg,
         n.RECEIPT_SIG_KEY_ID: receipt.signature.key_id,
         n.RECEIPT_SIG_VALUE: receipt.signature.value,

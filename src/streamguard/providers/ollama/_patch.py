@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import weakref
 from typing import Any
 
 from streamguard._engine.core import NOT_A_UNIT, StreamCore
@@ -39,10 +40,11 @@ class OllamaMeter:
     """Chat (``message.content``) and generate (``response``) parts; the ``done`` part has
     ``prompt_eval_count`` and ``eval_count``."""
 
-    __slots__ = ("core",)
+    __slots__ = ("chat", "core")
 
-    def __init__(self, core: StreamCore) -> None:
+    def __init__(self, core: StreamCore, chat: bool = True) -> None:
         self.core = core
+        self.chat = chat
 
     def __call__(self, part: Any) -> int:
         if part.done:
@@ -51,11 +53,14 @@ class OllamaMeter:
             if part.done_reason:
                 core.finish_reasons.append(part.done_reason)
             core.set_usage(input_tokens=part.prompt_eval_count, output_tokens=part.eval_count)
-        message = getattr(part, "message", None)
-        text = message.content if message is not None else getattr(part, "response", None)
-        if message is not None and getattr(message, "tool_calls", None):
-            return max(1, estimate_tokens(text))
-        return estimate_tokens(text) if text else NOT_A_UNIT
+        message = self.chat and part.message
+        if message:
+            text = message.content
+            if message.tool_calls:
+                return max(1, estimate_tokens(text))
+        else:
+            text = part.response if not self.chat else None
+        return max(1, (len(text) + 2) >> 2) if text else NOT_A_UNIT  # estimate_tokens
 
     @staticmethod
     def text(part: Any) -> str | None:
@@ -92,11 +97,13 @@ class _Capture:
 class _FirstReadCapture:
     """Iterates the generator, capturing its HTTP response during the first read."""
 
-    __slots__ = ("box", "first")
+    __slots__ = ("box", "driver", "first")
 
     def __init__(self, box: _Capture) -> None:
         self.box = box
         self.first = True
+        self.driver: Any = None  # weakref to the driver, which reads the generator directly
+        # after the first read (one call less per chunk)
 
     def __iter__(self) -> _FirstReadCapture:
         return self
@@ -109,7 +116,16 @@ class _FirstReadCapture:
                 return next(self.box.generator)
             finally:
                 _capture.reset(token)
+                self._hand_over()
         return next(self.box.generator)
+
+    def _hand_over(self) -> None:
+        driver = self.driver() if self.driver is not None else None
+        if driver is not None:
+            if hasattr(driver, "_ait"):
+                driver._ait = self.box.generator
+            else:
+                driver._it = self.box.generator
 
     def __aiter__(self) -> _FirstReadCapture:
         return self
@@ -122,6 +138,7 @@ class _FirstReadCapture:
                 return await self.box.generator.__anext__()
             finally:
                 _capture.reset(token)
+                self._hand_over()
         return await self.box.generator.__anext__()
 
 
@@ -142,16 +159,21 @@ def _request(operation: str) -> Any:
             max_tokens=num_predict if isinstance(num_predict, int) and num_predict > 0 else None,
             base_url=getattr(getattr(instance, "_client", None), "base_url", None),
         )
-        meter = OllamaMeter(core)
+        meter = OllamaMeter(core, chat=operation == "chat")
         core.text_of = meter.text
 
         def guard(generator: Any) -> Any:
             box = _Capture(generator)
+            capture = _FirstReadCapture(box)
+            guard: Any
             if hasattr(generator, "__anext__"):
                 core.bind_upstream(aclose=box.aclose, loop=asyncio.get_running_loop())
-                return AsyncStreamGuard(generator, core, meter, _FirstReadCapture(box))
-            core.bind_upstream(close=box.close)
-            return SyncStreamGuard(generator, core, meter, _FirstReadCapture(box))
+                guard = AsyncStreamGuard(generator, core, meter, capture)
+            else:
+                core.bind_upstream(close=box.close)
+                guard = SyncStreamGuard(generator, core, meter, capture)
+            capture.driver = weakref.ref(guard._self_driver)
+            return guard
 
         return call_guarded(wrapped, args, kwargs, core, guard)
 

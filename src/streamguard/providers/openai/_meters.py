@@ -47,14 +47,17 @@ class ChatMeter:
         if delta is None:  # legacy completions
             text = choice.text
             return estimate_tokens(text) if text else NOT_A_UNIT
-        tokens = estimate_tokens(delta.content) if delta.content else 0
-        if delta.tool_calls:
-            for call in delta.tool_calls:
-                function = call.function
-                if function is not None:
-                    tokens += estimate_tokens(function.arguments) + estimate_tokens(function.name)
-            tokens = max(tokens, 1)
-        return tokens if tokens else (1 if delta.content else NOT_A_UNIT)
+        content = delta.content
+        tool_calls = delta.tool_calls
+        if not tool_calls:
+            # The common case, inlined: estimate_tokens(content) for a text delta.
+            return max(1, (len(content) + 2) >> 2) if content else NOT_A_UNIT
+        tokens = estimate_tokens(content)
+        for call in tool_calls:
+            function = call.function
+            if function is not None:
+                tokens += estimate_tokens(function.arguments) + estimate_tokens(function.name)
+        return max(tokens, 1)
 
     @staticmethod
     def text(chunk: Any) -> str | None:

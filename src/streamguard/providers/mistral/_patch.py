@@ -1,0 +1,117 @@
+"""Patch targets of the mistralai SDK (3.x, imported as ``mistralai.client``).
+
+Every streaming method sends its request at call time and returns an ``EventStream`` (sync) or
+``EventStreamAsync`` whose ``response`` is the HTTP response: the guard is a proxy around it
+that closes that response. ``Chat.parse_stream`` calls ``Chat.stream`` (and the async twins
+likewise): the re-entrancy guard makes that one stream, one receipt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from streamguard.providers._base import Patcher, in_guarded_call, new_core
+from streamguard.providers._calls import Guarding, call_guarded, sdk_result_guard
+from streamguard.providers.mistral._meters import CompletionMeter, ConversationMeter
+
+__all__ = ["MistralPatcher"]
+
+PROVIDER = "mistral_ai"
+_PACKAGE = "mistralai.client"
+
+
+def _int(value: object) -> int | None:
+    # mistralai marks absent arguments with an UNSET object: anything but an int is "none".
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _base_url(instance: Any, kwargs: Mapping[str, Any]) -> str | None:
+    url = kwargs.get("server_url")
+    if isinstance(url, str):
+        return url
+    try:
+        return str(instance.sdk_configuration.get_server_details()[0])
+    except Exception:  # an SDK configuration StreamGuard does not know: no server attributes
+        return None
+
+
+# What a call asks for: (operation, model, max_tokens), from its keyword arguments.
+Describe = Callable[[Mapping[str, Any]], tuple[str, str | None, int | None]]
+
+
+def _wrapper(meter_type: type[CompletionMeter | ConversationMeter], describe: Describe) -> Any:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if in_guarded_call():
+            return wrapped(*args, **kwargs)
+        operation, model, max_tokens = describe(kwargs)
+        core = new_core(
+            PROVIDER,
+            kwargs,
+            operation=operation,
+            model=model,
+            max_tokens=max_tokens,
+            base_url=_base_url(instance, kwargs),
+        )
+        guarding = Guarding(core, meter_type(core))
+        return call_guarded(wrapped, args, kwargs, core, _guard_result(guarding))
+
+    return wrapper
+
+
+def _guard_result(guarding: Guarding) -> Callable[[Any], Any]:
+    from mistralai.client.utils.eventstreaming import EventStream, EventStreamAsync
+
+    return sdk_result_guard(guarding, sync_types=(EventStream,), async_types=(EventStreamAsync,))
+
+
+def _completion(operation: str) -> Describe:
+    def describe(kwargs: Mapping[str, Any]) -> tuple[str, str | None, int | None]:
+        return operation, _str(kwargs.get("model")), _int(kwargs.get("max_tokens"))
+
+    return describe
+
+
+def _conversation(kwargs: Mapping[str, Any]) -> tuple[str, str | None, int | None]:
+    # A conversation runs an agent (agent_id) or a model; append/restart name neither.
+    operation = "chat" if _str(kwargs.get("model")) else "invoke_agent"
+    args = kwargs.get("completion_args")
+    if isinstance(args, Mapping):
+        max_tokens = _int(args.get("max_tokens"))
+    else:
+        max_tokens = _int(getattr(args, "max_tokens", None))
+    return operation, _str(kwargs.get("model")), max_tokens
+
+
+class MistralPatcher(Patcher):
+    name = "mistral_ai"
+    distribution = "mistralai"
+    # 3.x: ``mistralai.client`` with EventStream(Async) over httpx2, as in 3.0 to 3.7 (tested:
+    # 3.7). 1.x had another module layout; 2.x is untested.
+    supported = ("3.0", "4")
+
+    def targets(self) -> list[tuple[str, str, Any]]:
+        chat = _wrapper(CompletionMeter, _completion("chat"))
+        fim = _wrapper(CompletionMeter, _completion("text_completion"))
+        agent = _wrapper(CompletionMeter, _completion("invoke_agent"))
+        conversation = _wrapper(ConversationMeter, _conversation)
+        found: list[tuple[str, str, Any]] = []
+        for suffix in ("", "_async"):
+            found += [
+                (f"{_PACKAGE}.chat", f"Chat.stream{suffix}", chat),
+                (f"{_PACKAGE}.fim", f"Fim.stream{suffix}", fim),
+                (f"{_PACKAGE}.agents", f"Agents.stream{suffix}", agent),
+                *(
+                    (
+                        f"{_PACKAGE}.conversations",
+                        f"Conversations.{name}_stream{suffix}",
+                        conversation,
+                    )
+                    for name in ("start", "append", "restart")
+                ),
+            ]
+        return found
