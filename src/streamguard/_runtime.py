@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -27,7 +26,7 @@ from streamguard._money.pricing import Pricing, money
 from streamguard._money.spend import estimate_input_tokens, open_spend
 from streamguard._receipts.chain import Ledger
 from streamguard._receipts.ledger import JsonlLedgerSink
-from streamguard._receipts.model import Receipt
+from streamguard._receipts.model import Costs, Receipt, Times, Tokens
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
 from streamguard.integrations._request import current_request
@@ -236,7 +235,7 @@ class Runtime:
         undelivered = produced - consumed
         trace_id, span_id = self.telemetry.span_ids(core)
         return {
-            "receipt_id": uuid.uuid4().hex,
+            "receipt_id": os.urandom(16).hex(),
             "stream_id": core.stream_id,
             "provider": core.provider,
             "model": core.model,
@@ -246,24 +245,24 @@ class Runtime:
             "reason": str(reason),
             "category": None if reason.category is None else str(reason.category),
             "detail": core.detail,
-            "tokens": {
-                "input": core.input_tokens,
-                "produced": produced,
-                "committed": committed,
-                "consumed": consumed,
-                "undelivered": undelivered,
-                "post_cutoff": core.post_cutoff_tokens,
-                "prevented_estimate": prevented,
-                "usage_source": "provider" if core.usage_exact is not None else "estimated",
-            },
+            "tokens": Tokens(
+                input=core.input_tokens,
+                produced=produced,
+                committed=committed,
+                consumed=consumed,
+                undelivered=undelivered,
+                post_cutoff=core.post_cutoff_tokens,
+                prevented_estimate=prevented,
+                usage_source="provider" if core.usage_exact is not None else "estimated",
+            ),
             "cost": self._cost(core, produced, undelivered, prevented),
-            "times": {
-                "started": core.t_started,
-                "first_chunk": core.t_first_chunk,
-                "stop_requested": core.t_stop_requested if reason != "completed" else None,
-                "upstream_closed": core.t_upstream_closed,
-                "finalized": time.time_ns(),
-            },
+            "times": Times(
+                started=core.t_started,
+                first_chunk=core.t_first_chunk,
+                stop_requested=core.t_stop_requested if reason != "completed" else None,
+                upstream_closed=core.t_upstream_closed,
+                finalized=time.time_ns(),
+            ),
             "trace_id": trace_id,
             "span_id": span_id,
             "attributes": {
@@ -272,31 +271,22 @@ class Runtime:
             },
         }
 
-    def _cost(
-        self, core: StreamCore, produced: int, undelivered: int, prevented: int
-    ) -> dict[str, Any]:
+    def _cost(self, core: StreamCore, produced: int, undelivered: int, prevented: int) -> Costs:
         price = self.pricing.price(core.provider, core.model)
         if price is None:
-            return {
-                "currency": "USD",
-                "input": None,
-                "output": None,
-                "undelivered": None,
-                "prevented_estimate": None,
-                "pricing_source": "unknown",
-            }
+            return _UNPRICED
         cached = min(core.cached_input_tokens or 0, core.input_tokens or 0)
         input_cost = Decimal((core.input_tokens or 0) - cached) * price.input + Decimal(cached) * (
             price.cached_input if price.cached_input is not None else price.input
         )
-        return {
-            "currency": "USD",
-            "input": money(input_cost),
-            "output": money(produced * price.output),
-            "undelivered": money(undelivered * price.output),
-            "prevented_estimate": money(prevented * price.output),
-            "pricing_source": price.source,
-        }
+        return Costs(
+            currency="USD",
+            input=money(input_cost),
+            output=money(produced * price.output),
+            undelivered=money(undelivered * price.output),
+            prevented_estimate=money(prevented * price.output),
+            pricing_source=price.source,
+        )
 
     # --------------------------------------------------------------------- shutdown
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -322,6 +312,14 @@ class Runtime:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
 
 
+_UNPRICED = Costs(
+    currency="USD",
+    input=None,
+    output=None,
+    undelivered=None,
+    prevented_estimate=None,
+    pricing_source="unknown",
+)
 STOPS_ON_ABORT = "stops_on_abort"
 WHOLE_COMPLETION = "whole_completion"
 # How each provider bills a stream that is cut: every provider here stops generating, and

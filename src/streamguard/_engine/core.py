@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +126,7 @@ class StreamCore:
         server_port: int | None = None,
     ) -> None:
         self.runtime = runtime
-        self.stream_id = stream_id or uuid.uuid4().hex
+        self.stream_id = stream_id or os.urandom(16).hex()
         self.provider = provider
         self.model = model
         self.operation = operation

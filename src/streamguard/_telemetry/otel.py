@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import _logs, metrics, trace
+from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from streamguard._telemetry import names as n
@@ -188,6 +189,8 @@ class Telemetry:
         reason: str,
         category: str,
     ) -> None:
+        if not _metrics_installed():
+            return  # no meter provider: the API would drop every point; skip building them
         stream_attrs = {**base, n.OUTCOME: outcome, n.STOP_REASON: reason}
         if category:
             stream_attrs[n.STOP_CATEGORY] = category
@@ -232,6 +235,14 @@ class Telemetry:
             if amount is not None and Decimal(amount) > 0:
                 # Metric values are floats by nature; receipts keep the exact decimal strings.
                 self.cost.add(float(amount), {**base, n.KIND: kind})
+
+
+def _metrics_installed() -> bool:
+    """True once a real MeterProvider is installed (not the API's proxy or no-op one)."""
+    return not isinstance(metrics.get_meter_provider(), _NOOP_METER_PROVIDERS)
+
+
+_NOOP_METER_PROVIDERS = (metrics.NoOpMeterProvider, _ProxyMeterProvider)
 
 
 def _sum(a: str | None, b: str | None) -> str | None:

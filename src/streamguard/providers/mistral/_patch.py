@@ -77,8 +77,9 @@ def _completion(operation: str) -> Describe:
 
 
 def _conversation(kwargs: Mapping[str, Any]) -> tuple[str, str | None, int | None]:
-    # A conversation runs an agent (agent_id) or a model; append/restart name neither.
-    operation = "chat" if _str(kwargs.get("model")) else "invoke_agent"
+    # A conversation started with an agent_id invokes that agent; otherwise it is a chat with a
+    # model (append and restart name neither: the conversation's own model answers).
+    operation = "invoke_agent" if _str(kwargs.get("agent_id")) else "chat"
     args = kwargs.get("completion_args")
     if isinstance(args, Mapping):
         max_tokens = _int(args.get("max_tokens"))
