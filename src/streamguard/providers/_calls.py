@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +13,34 @@ import wrapt
 
 from streamguard._engine.core import StreamCore
 from streamguard._engine.drivers import Meter
+from streamguard._engine.reasons import StopReason
 from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, fail_core, guarded_call
 
-__all__ = ["Guarding", "RawResponseGuard", "call_guarded", "sdk_result_guard"]
+__all__ = ["Guarding", "RawResponseGuard", "abort_closer", "call_guarded", "sdk_result_guard"]
+
+
+def abort_closer(response: Any, core: StreamCore) -> Callable[[], None]:
+    """Close a sync HTTP response at once, even while another thread is blocked reading it.
+
+    ``response.close()`` from another thread (the watchdog, an ASGI disconnect) does not wake
+    a thread blocked in ``recv`` on a silent upstream, and the connection stays open until data
+    arrives. So, unless the stream completed (its connection may be back in the pool), the
+    socket is shut down first: the reader wakes and the server sees the disconnect now.
+    """
+
+    def close() -> None:
+        if not getattr(response, "is_closed", False) and core.stop_reason is not _COMPLETED:
+            stream = getattr(response, "extensions", {}).get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        response.close()
+
+    return close
+
+
+_COMPLETED = StopReason.COMPLETED
 
 
 class Guarding:
@@ -131,11 +158,11 @@ def sdk_result_guard(
     def guard(result: Any) -> Any:
         # ``result`` is typed Any on purpose: the SDK types are only known at run time.
         if isinstance(result, sync_types):
-            return guarding.sync_stream(result, result.response.close)
+            return guarding.sync_stream(result, abort_closer(result.response, guarding.core))
         if isinstance(result, async_types):
             return guarding.async_stream(result, result.response.aclose)
         if isinstance(result, raw_types):
-            guarding.core.bind_upstream(close=result.http_response.close)
+            guarding.core.bind_upstream(close=abort_closer(result.http_response, guarding.core))
             return RawResponseGuard(result, guarding.core, guard)
         if isinstance(result, async_raw_types):
             guarding.core.bind_upstream(

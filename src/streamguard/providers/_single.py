@@ -10,6 +10,7 @@ from typing import Any
 from streamguard._engine.core import StreamCore
 from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
 from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, handle_of, new_core
+from streamguard.providers._calls import abort_closer
 
 __all__ = ["guard"]
 
@@ -100,5 +101,5 @@ def guard(
     if is_async:
         core.bind_upstream(aclose=stream.response.aclose, loop=asyncio.get_running_loop())
         return AsyncStreamGuard(stream, core, meter)
-    core.bind_upstream(close=stream.response.close)
+    core.bind_upstream(close=abort_closer(stream.response, core))
     return SyncStreamGuard(stream, core, meter)

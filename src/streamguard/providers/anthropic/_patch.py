@@ -17,7 +17,7 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import Guarding, call_guarded, sdk_result_guard
+from streamguard.providers._calls import Guarding, abort_closer, call_guarded, sdk_result_guard
 
 __all__ = ["AnthropicPatcher", "MessagesMeter"]
 
@@ -125,7 +125,7 @@ class MessageStreamManagerGuard(wrapt.ObjectProxy[Any]):
         try:
             helper = self.__wrapped__.__enter__()
             raw = helper._raw_stream
-            core.bind_upstream(close=raw.response.close)
+            core.bind_upstream(close=abort_closer(raw.response, core))
             helper._raw_stream = SyncStreamGuard(raw, core, guarding.meter)
         except BaseException as exc:
             fail_core(core, exc)

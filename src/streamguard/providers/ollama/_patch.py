@@ -23,7 +23,7 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import call_guarded
+from streamguard.providers._calls import abort_closer, call_guarded
 
 __all__ = ["OllamaMeter", "OllamaPatcher"]
 
@@ -71,15 +71,16 @@ class OllamaMeter:
 class _Capture:
     """Holds the generator and, once its request is sent, the HTTP response; closes either."""
 
-    __slots__ = ("generator", "response")
+    __slots__ = ("core", "generator", "response")
 
-    def __init__(self, generator: Any) -> None:
+    def __init__(self, generator: Any, core: StreamCore) -> None:
         self.generator = generator
+        self.core = core
         self.response: Any = None
 
     def close(self) -> None:
         if self.response is not None:
-            self.response.close()
+            abort_closer(self.response, self.core)()
             return
         # ValueError: executing in another thread before its request went out.
         with contextlib.suppress(ValueError):
@@ -163,7 +164,7 @@ def _request(operation: str) -> Any:
         core.text_of = meter.text
 
         def guard(generator: Any) -> Any:
-            box = _Capture(generator)
+            box = _Capture(generator, core)
             capture = _FirstReadCapture(box)
             guard: Any
             if hasattr(generator, "__anext__"):
