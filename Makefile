@@ -48,3 +48,27 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+
+# The real-model tier (tests_e2e/README.md): a llama.cpp server running a random-weight model
+# written at test time, driven by the real SDKs. Its own venv, so `make test` never depends on
+# it; the llama-cpp-python wheel is built once for this CPU and cached in ~/.cache/streamguard.
+E2E_VENV  ?= .venv-e2e
+E2E_PY    := $(E2E_VENV)/bin/python
+E2E_STAMP := $(E2E_VENV)/.installed
+LINTED    += $(wildcard tests_e2e)
+
+.PHONY: e2e
+
+$(E2E_PY):
+	$(PYTHON) -m venv $(E2E_VENV)
+	echo '*' > $(E2E_VENV)/.gitignore
+	$(E2E_PY) -m pip install -q --upgrade pip
+
+$(E2E_STAMP): $(E2E_PY) pyproject.toml scripts/llama_wheel.sh
+	wheel=$$(bash scripts/llama_wheel.sh $(E2E_PY)) && \
+	$(E2E_PY) -m pip install -q -e '.[openai,ollama,testing]' "$$wheel[server]" \
+		'gguf>=0.10' 'numpy>=1.26' 'pytest>=8' 'pytest-timeout>=2.3' 'pytest-asyncio>=0.24'
+	touch $(E2E_STAMP)
+
+e2e: $(E2E_STAMP)
+	$(E2E_PY) -m pytest -q tests_e2e
