@@ -1,0 +1,141 @@
+"""One small adapter per provider SDK: all the conformance suite needs to know about an SDK.
+
+An adapter builds a client against the test upstream, opens a stream limited to N tokens, and
+says which chunks carry model output (the upstream's token ``i`` is the text ``" w{i}"``).
+Adding gemini or mistral means adding one class here and its name to ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+from streamguard.testing import Upstream
+
+__all__ = ["ADAPTERS", "Adapter"]
+
+MESSAGES: Any = [{"role": "user", "content": "count slowly"}]  # Any: each SDK has its TypedDict
+MODEL = "conformance-model"
+
+
+class Adapter:
+    """What the suite needs from one SDK. ``open`` returns the stream (an awaitable of it for
+    the async clients, as the SDKs do), with the request sent or about to be sent."""
+
+    name: ClassVar[str]
+    #: Importable module of the SDK; the provider is skipped when it is missing.
+    module: ClassVar[str]
+    #: Whether the SDK's stream objects are context managers, sync and async.
+    supports_with: ClassVar[bool] = True
+    #: Whether the SDK's stream objects expose the HTTP response as ``.response``.
+    has_response: ClassVar[bool] = True
+    #: Whether a stream cut before its end still reports input tokens (at its start).
+    input_known_when_cut: ClassVar[bool] = False
+
+    def sdk(self) -> Any:
+        return importlib.import_module(self.module)
+
+    def client(self, up: Upstream, is_async: bool) -> Any:
+        raise NotImplementedError
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        raise NotImplementedError
+
+    def text(self, chunk: Any) -> str | None:
+        """The model output a chunk carries, None (or empty) for any other chunk."""
+        raise NotImplementedError
+
+    def stream_types(self, is_async: bool) -> tuple[type[Any], ...]:
+        """The SDK's own stream classes: ``isinstance`` must still hold under the guard."""
+        raise NotImplementedError
+
+    async def aclose(self, stream: Any) -> None:
+        """Close an async stream the way the SDK names it."""
+        await stream.close()
+
+    async def close_client(self, client: Any, is_async: bool) -> None:
+        if is_async:
+            await client.close()
+        else:
+            client.close()
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    module = "openai"
+
+    def client(self, up: Upstream, is_async: bool) -> Any:
+        openai = self.sdk()
+        cls = openai.AsyncOpenAI if is_async else openai.OpenAI
+        return cls(base_url=up.openai_base_url, api_key="test", max_retries=0)
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=max_tokens, stream=True
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.choices[0].delta.content if chunk.choices else None
+
+    def stream_types(self, is_async: bool) -> tuple[type[Any], ...]:
+        openai = self.sdk()
+        return (openai.AsyncStream,) if is_async else (openai.Stream,)
+
+
+class AnthropicAdapter(Adapter):
+    name = "anthropic"
+    module = "anthropic"
+    input_known_when_cut = True  # message_start carries the input tokens
+
+    def client(self, up: Upstream, is_async: bool) -> Any:
+        anthropic = self.sdk()
+        cls = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
+        return cls(base_url=up.anthropic_base_url, api_key="test", max_retries=0)
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.messages.create(
+            model=MODEL, max_tokens=max_tokens, messages=MESSAGES, stream=True
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        if chunk.type == "content_block_delta":
+            return getattr(chunk.delta, "text", None)
+        return None
+
+    def stream_types(self, is_async: bool) -> tuple[type[Any], ...]:
+        anthropic = self.sdk()
+        return (anthropic.AsyncStream,) if is_async else (anthropic.Stream,)
+
+
+class OllamaAdapter(Adapter):
+    name = "ollama"
+    module = "ollama"
+    supports_with = False  # chat(stream=True) returns a plain (async) generator
+    has_response = False
+
+    def client(self, up: Upstream, is_async: bool) -> Any:
+        ollama = self.sdk()
+        cls = ollama.AsyncClient if is_async else ollama.Client
+        return cls(host=up.ollama_host)
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.chat(
+            model=MODEL, messages=MESSAGES, stream=True, options={"num_predict": max_tokens}
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        message = chunk.message
+        return message.content if message is not None else None
+
+    def stream_types(self, is_async: bool) -> tuple[type[Any], ...]:
+        import types
+
+        return (types.AsyncGeneratorType,) if is_async else (types.GeneratorType,)
+
+    async def aclose(self, stream: Any) -> None:
+        await stream.aclose()
+
+
+ADAPTERS: dict[str, Adapter] = {
+    adapter.name: adapter for adapter in (OpenAIAdapter(), AnthropicAdapter(), OllamaAdapter())
+}

@@ -1,0 +1,522 @@
+"""DESIGN G6: with StreamGuard on, every SDK behaviour that does not stop a stream is unchanged.
+
+Provider-neutral checks run over the whole matrix; each SDK's helpers (openai's ``.stream()``,
+raw and streaming responses, the Responses API; anthropic's ``MessageStream``; ollama's
+``generate``) are checked sync and async, each with exactly one receipt per stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+import streamguard
+from streamguard import Receipt, handle_of
+from streamguard.testing import RequestRecord, expected_text
+
+from ._adapters import MESSAGES, MODEL
+from ._harness import CUT, LONG, Case, check_invariants, check_upstream_stopped, summary
+
+N = 5  # tokens of a short stream read to its end
+NATURAL = {"x-upstream-tokens": str(N)}  # an answer that ends with "stop" before its limit
+
+
+def check_completed(
+    c: Case,
+    record: RequestRecord,
+    receipt: Receipt,
+    *,
+    max_tokens: int = N,
+    operation: str = "chat",
+) -> None:
+    assert record.output_tokens == N
+    assert summary(receipt) == c.expected(
+        outcome="completed",
+        reason="completed",
+        category=None,
+        max_tokens=max_tokens,
+        produced=N,
+        committed=N,
+        consumed=N,
+        exact_usage=True,
+        input_tokens=record.input_tokens,
+        operation=operation,
+    )
+    check_invariants(receipt)
+
+
+def check_closed_now(c: Case, t_stop: int, *, committed: int, consumed: int) -> Receipt:
+    """The close returned with the receipt sealed, and the upstream saw it within 50 ms."""
+    receipts = c.sink.receipts
+    assert len(receipts) == 1, "close() returned before the receipt was sealed"
+    record = c.finished()
+    check_upstream_stopped(record, t_stop)
+    assert summary(receipts[0]) == c.expected(
+        outcome="cancelled",
+        reason="consumer_closed",
+        category="client",
+        max_tokens=LONG,
+        produced=committed,
+        committed=committed,
+        consumed=consumed,
+        input_tokens=record.input_tokens,
+    )
+    return receipts[0]
+
+
+# -------------------------------------------------------------------- every provider
+
+
+async def test_guarded_stream_is_still_an_instance_of_the_sdk_type(
+    case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> None:
+        stream = c.open(N)
+        assert isinstance(stream, c.adapter.stream_types(False))
+        assert handle_of(stream) is not None
+        assert "".join(c.text(chunk) for chunk in stream) == expected_text(N)
+        check_completed(c, c.finished(), c.receipt())
+
+    async def async_(c: Case) -> None:
+        stream = await c.open(N)
+        assert isinstance(stream, c.adapter.stream_types(True))
+        assert handle_of(stream) is not None
+        assert "".join([c.text(chunk) async for chunk in stream]) == expected_text(N)
+        check_completed(c, await c.afinished(), await c.areceipt())
+
+    await case.run(sync, async_)
+
+
+async def test_with_returns_the_guard_and_iteration_through_it_is_counted(
+    case: Case, instrumented: None
+) -> None:
+    if not case.adapter.supports_with:
+        pytest.skip(f"{case.adapter.name} streams are generators: no with statement")
+
+    def sync(c: Case) -> None:
+        opened = c.open(N)
+        with opened as stream:
+            assert stream is opened
+            assert handle_of(stream) is not None
+            texts = [c.text(chunk) for chunk in stream]
+        assert "".join(texts) == expected_text(N)
+        check_completed(c, c.finished(), c.receipt())
+
+    async def async_(c: Case) -> None:
+        opened = await c.open(N)
+        async with opened as stream:
+            assert stream is opened
+            assert handle_of(stream) is not None
+            texts = [c.text(chunk) async for chunk in stream]
+        assert "".join(texts) == expected_text(N)
+        check_completed(c, await c.afinished(), await c.areceipt())
+
+    await case.run(sync, async_)
+
+
+async def test_response_attribute_is_the_sdk_http_response(case: Case, instrumented: None) -> None:
+    if not case.adapter.has_response:
+        pytest.skip(f"{case.adapter.name} streams are generators: no .response")
+
+    def sync(c: Case) -> None:
+        stream = c.open(N)
+        response = stream.response
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == f"up-{c.record().id}"
+        for _ in stream:
+            pass
+        assert c.receipt().outcome == "completed"
+
+    async def async_(c: Case) -> None:
+        stream = await c.open(N)
+        response = stream.response
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == f"up-{c.record().id}"
+        async for _ in stream:
+            pass
+        assert (await c.areceipt()).outcome == "completed"
+
+    await case.run(sync, async_)
+
+
+# ---------------------------------------------------------------------------- openai
+
+
+def chat_kwargs(max_tokens: int = N, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens, **extra}
+
+
+async def test_openai_stream_helper_events_and_final_completion(
+    openai_case: Case, instrumented: None
+) -> None:
+    # A finish_reason "length" would make get_final_completion() raise LengthFinishReasonError,
+    # so the answer ends on its own (x-upstream-tokens) before the larger limit.
+    kwargs = chat_kwargs(20, extra_headers=NATURAL)
+
+    def sync(c: Case) -> None:
+        with c.client.chat.completions.stream(**kwargs) as stream:
+            events = list(stream)
+            final = stream.get_final_completion()
+        check_helper(c, events, final, c.finished(), c.receipt())
+
+    async def async_(c: Case) -> None:
+        async with c.client.chat.completions.stream(**kwargs) as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_completion()
+        check_helper(c, events, final, await c.afinished(), await c.areceipt())
+
+    def check_helper(
+        c: Case, events: list[Any], final: Any, record: RequestRecord, receipt: Receipt
+    ) -> None:
+        deltas = [event.delta for event in events if event.type == "content.delta"]
+        assert "".join(deltas) == expected_text(N)
+        assert events[-1].type == "content.done"
+        choice = final.choices[0]
+        assert (choice.message.content, choice.finish_reason) == (expected_text(N), "stop")
+        assert final.usage is None  # the caller did not ask for usage: the injected chunk is hidden
+        check_completed(c, record, receipt, max_tokens=20)
+
+    await openai_case.run(sync, async_)
+
+
+@pytest.mark.parametrize("how", ["close", "with-exit"])
+async def test_openai_stream_helper_close_is_routed_through_the_guard(
+    openai_case: Case, instrumented: None, how: str
+) -> None:
+    # The helper's close() closes the response it captured, not the raw stream (PROVIDERS.md
+    # pitfall 6): the receipt must still be sealed by the time close() (or the with) returns.
+    def sync(c: Case) -> None:
+        with c.client.chat.completions.stream(**chat_kwargs(LONG)) as stream:
+            deltas = 0
+            for event in stream:
+                deltas += event.type == "content.delta" and event.delta != ""
+                if deltas == CUT:
+                    break
+            t_stop = time.monotonic_ns()
+            if how == "close":
+                stream.close()
+        check_closed_now(c, t_stop, committed=CUT, consumed=CUT - 1)
+
+    async def async_(c: Case) -> None:
+        async with c.client.chat.completions.stream(**chat_kwargs(LONG)) as stream:
+            deltas = 0
+            async for event in stream:
+                deltas += event.type == "content.delta" and event.delta != ""
+                if deltas == CUT:
+                    break
+            t_stop = time.monotonic_ns()
+            if how == "close":
+                await stream.close()
+        check_closed_now(c, t_stop, committed=CUT, consumed=CUT - 1)
+
+    await openai_case.run(sync, async_)
+
+
+async def test_openai_with_raw_response_parse_gives_a_guarded_stream(
+    openai_case: Case, instrumented: None
+) -> None:
+    openai = openai_case.adapter.sdk()
+
+    def sync(c: Case) -> None:
+        raw = c.client.chat.completions.with_raw_response.create(**chat_kwargs(), stream=True)
+        assert raw.headers["x-request-id"] == f"up-{c.record().id}"
+        stream = raw.parse()
+        assert isinstance(stream, openai.Stream)
+        assert handle_of(stream) is not None
+        assert "".join(c.text(chunk) for chunk in stream) == expected_text(N)
+        check_completed(c, c.finished(), c.receipt())
+
+    async def async_(c: Case) -> None:
+        raw = await c.client.chat.completions.with_raw_response.create(**chat_kwargs(), stream=True)
+        stream = raw.parse()  # with_raw_response gives a LegacyAPIResponse: parse() is sync
+        assert isinstance(stream, openai.AsyncStream)
+        assert handle_of(stream) is not None
+        assert "".join([c.text(chunk) async for chunk in stream]) == expected_text(N)
+        check_completed(c, await c.afinished(), await c.areceipt())
+
+    await openai_case.run(sync, async_)
+
+
+async def test_openai_raw_response_dropped_unparsed_closes_upstream_within_50ms(
+    openai_case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> int:
+        raw = c.client.chat.completions.with_raw_response.create(**chat_kwargs(LONG), stream=True)
+        t_stop = time.monotonic_ns()
+        del raw
+        return t_stop
+
+    async def async_(c: Case) -> int:
+        create = c.client.chat.completions.with_raw_response.create
+        raw = await create(**chat_kwargs(LONG), stream=True)
+        t_stop = time.monotonic_ns()
+        del raw
+        return t_stop
+
+    t_stop = await openai_case.run(sync, async_)
+    record, receipt = await openai_case.settled()
+    check_upstream_stopped(record, t_stop)
+    assert (receipt.reason, receipt.tokens.produced) == ("consumer_closed", 0)
+
+
+async def test_openai_with_streaming_response_gives_a_guarded_stream(
+    openai_case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> None:
+        create = c.client.chat.completions.with_streaming_response.create
+        with create(**chat_kwargs(), stream=True) as response:
+            stream = response.parse()
+            assert handle_of(stream) is not None
+            texts = [c.text(chunk) for chunk in stream]
+        assert "".join(texts) == expected_text(N)
+        check_completed(c, c.finished(), c.receipt())
+
+    async def async_(c: Case) -> None:
+        create = c.client.chat.completions.with_streaming_response.create
+        async with create(**chat_kwargs(), stream=True) as response:
+            stream = await response.parse()
+            assert handle_of(stream) is not None
+            texts = [c.text(chunk) async for chunk in stream]
+        assert "".join(texts) == expected_text(N)
+        check_completed(c, await c.afinished(), await c.areceipt())
+
+    await openai_case.run(sync, async_)
+
+
+async def test_openai_non_streaming_create_passes_through_without_a_receipt(
+    openai_case: Case, instrumented: None
+) -> None:
+    openai = openai_case.adapter.sdk()
+
+    def sync(c: Case) -> Any:
+        return c.client.chat.completions.create(**chat_kwargs())
+
+    async def async_(c: Case) -> Any:
+        return await c.client.chat.completions.create(**chat_kwargs())
+
+    completion = await openai_case.run(sync, async_)
+    assert type(completion) is openai.types.chat.ChatCompletion
+    assert completion.choices[0].message.content == expected_text(N)
+    (record,) = openai_case.up.requests
+    assert "stream_options" not in record.body
+    streamguard.uninstrument()  # flushes every receipt there is
+    assert openai_case.sink.receipts == []
+
+
+async def test_openai_injected_usage_chunk_is_hidden_from_the_application(
+    openai_case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> list[Any]:
+        return list(c.client.chat.completions.create(**chat_kwargs(), stream=True))
+
+    async def async_(c: Case) -> list[Any]:
+        stream = await c.client.chat.completions.create(**chat_kwargs(), stream=True)
+        return [chunk async for chunk in stream]
+
+    chunks = await openai_case.run(sync, async_)
+    assert [chunk for chunk in chunks if not chunk.choices] == []
+    assert chunks[-1].choices[0].finish_reason == "length"
+    record, receipt = await openai_case.settled()
+    assert record.body["stream_options"] == {"include_usage": True}  # injected for the receipt
+    check_completed(openai_case, record, receipt)
+
+
+async def test_openai_usage_chunk_the_caller_asked_for_is_delivered(
+    openai_case: Case, instrumented: None
+) -> None:
+    kwargs = chat_kwargs(stream=True, stream_options={"include_usage": True})
+
+    def sync(c: Case) -> list[Any]:
+        return list(c.client.chat.completions.create(**kwargs))
+
+    async def async_(c: Case) -> list[Any]:
+        return [chunk async for chunk in await c.client.chat.completions.create(**kwargs)]
+
+    chunks = await openai_case.run(sync, async_)
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage is not None
+    assert last.usage.completion_tokens == N
+    check_completed(openai_case, *await openai_case.settled())
+
+
+async def test_openai_responses_stream_exhausted_has_exact_usage(
+    openai_case: Case, instrumented: None
+) -> None:
+    openai = openai_case.adapter.sdk()
+    kwargs = {"model": MODEL, "input": "count slowly", "max_output_tokens": N, "stream": True}
+
+    def sync(c: Case) -> list[Any]:
+        stream = c.client.responses.create(**kwargs)
+        assert isinstance(stream, openai.Stream)
+        return list(stream)
+
+    async def async_(c: Case) -> list[Any]:
+        stream = await c.client.responses.create(**kwargs)
+        assert isinstance(stream, openai.AsyncStream)
+        return [event async for event in stream]
+
+    events = await openai_case.run(sync, async_)
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == expected_text(N)
+    assert events[-1].type == "response.completed"
+    check_completed(openai_case, *await openai_case.settled())
+
+
+async def test_openai_responses_stream_helper_final_response(
+    openai_case: Case, instrumented: None
+) -> None:
+    kwargs = {"model": MODEL, "input": "count slowly", "max_output_tokens": N}
+
+    def sync(c: Case) -> Any:
+        with c.client.responses.stream(**kwargs) as stream:
+            return stream.get_final_response()
+
+    async def async_(c: Case) -> Any:
+        async with c.client.responses.stream(**kwargs) as stream:
+            return await stream.get_final_response()
+
+    final = await openai_case.run(sync, async_)
+    assert final.output_text == expected_text(N)
+    check_completed(openai_case, *await openai_case.settled())
+
+
+async def test_openai_status_error_is_the_sdk_exception(
+    openai_case: Case, instrumented: None
+) -> None:
+    openai = openai_case.adapter.sdk()
+    kwargs = chat_kwargs(stream=True, extra_headers={"x-upstream-fault": "http_error;status=500"})
+
+    def sync(c: Case) -> None:
+        with pytest.raises(openai.InternalServerError) as info:
+            c.client.chat.completions.create(**kwargs)
+        assert isinstance(info.value, openai.APIStatusError)
+        assert info.value.status_code == 500
+
+    async def async_(c: Case) -> None:
+        with pytest.raises(openai.InternalServerError) as info:
+            await c.client.chat.completions.create(**kwargs)
+        assert isinstance(info.value, openai.APIStatusError)
+        assert info.value.status_code == 500
+
+    await openai_case.run(sync, async_)
+    _, receipt = await openai_case.settled()
+    assert (receipt.outcome, receipt.reason) == ("failed", "upstream_error")
+
+
+# ------------------------------------------------------------------------- anthropic
+
+
+def message_kwargs(max_tokens: int = N) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": max_tokens, "messages": MESSAGES}
+
+
+async def test_anthropic_message_stream_text_stream_and_final_message(
+    anthropic_case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> tuple[str, Any]:
+        with c.client.messages.stream(**message_kwargs()) as stream:
+            assert handle_of(stream._raw_stream) is not None  # the guard is inside the helper
+            return "".join(stream.text_stream), stream.get_final_message()
+
+    async def async_(c: Case) -> tuple[str, Any]:
+        async with c.client.messages.stream(**message_kwargs()) as stream:
+            assert handle_of(stream._raw_stream) is not None
+            text = "".join([t async for t in stream.text_stream])
+            return text, await stream.get_final_message()
+
+    text, message = await anthropic_case.run(sync, async_)
+    record, receipt = await anthropic_case.settled()
+    assert text == expected_text(N)
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (record.input_tokens, N)
+    assert message.stop_reason == "max_tokens"
+    check_completed(anthropic_case, record, receipt)
+
+
+async def test_anthropic_message_stream_until_done(
+    anthropic_case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> Any:
+        with c.client.messages.stream(**message_kwargs()) as stream:
+            stream.until_done()
+            return stream.get_final_message()
+
+    async def async_(c: Case) -> Any:
+        async with c.client.messages.stream(**message_kwargs()) as stream:
+            await stream.until_done()
+            return await stream.get_final_message()
+
+    message = await anthropic_case.run(sync, async_)
+    assert message.content[0].text == expected_text(N)
+    check_completed(anthropic_case, *await anthropic_case.settled())
+
+
+async def test_anthropic_beta_message_stream_is_guarded(
+    anthropic_case: Case, instrumented: None
+) -> None:
+    def sync(c: Case) -> Any:
+        with c.client.beta.messages.stream(**message_kwargs()) as stream:
+            return stream.get_final_message()
+
+    async def async_(c: Case) -> Any:
+        async with c.client.beta.messages.stream(**message_kwargs()) as stream:
+            return await stream.get_final_message()
+
+    message = await anthropic_case.run(sync, async_)
+    assert message.usage.output_tokens == N
+    check_completed(anthropic_case, *await anthropic_case.settled())
+
+
+@pytest.mark.parametrize("how", ["close", "with-exit"])
+async def test_anthropic_message_stream_close_is_routed_through_the_guard(
+    anthropic_case: Case, instrumented: None, how: str
+) -> None:
+    def sync(c: Case) -> None:
+        with c.client.messages.stream(**message_kwargs(LONG)) as stream:
+            for texts, _ in enumerate(stream.text_stream, 1):
+                if texts == CUT:
+                    break
+            t_stop = time.monotonic_ns()
+            if how == "close":
+                stream.close()
+        check_closed_now(c, t_stop, committed=CUT, consumed=CUT - 1)
+
+    async def async_(c: Case) -> None:
+        async with c.client.messages.stream(**message_kwargs(LONG)) as stream:
+            texts = 0
+            async for _ in stream.text_stream:
+                texts += 1
+                if texts == CUT:
+                    break
+            t_stop = time.monotonic_ns()
+            if how == "close":
+                await stream.close()
+        check_closed_now(c, t_stop, committed=CUT, consumed=CUT - 1)
+
+    await anthropic_case.run(sync, async_)
+
+
+# ---------------------------------------------------------------------------- ollama
+
+
+async def test_ollama_generate_stream_is_guarded_with_exact_usage(
+    ollama_case: Case, instrumented: None
+) -> None:
+    kwargs = {"model": MODEL, "prompt": "count slowly", "stream": True}
+    kwargs["options"] = {"num_predict": N}
+
+    def sync(c: Case) -> str:
+        stream = c.client.generate(**kwargs)
+        assert handle_of(stream) is not None
+        return "".join(part.response for part in stream)
+
+    async def async_(c: Case) -> str:
+        stream = await c.client.generate(**kwargs)
+        assert handle_of(stream) is not None
+        return "".join([part.response async for part in stream])
+
+    assert await ollama_case.run(sync, async_) == expected_text(N)
+    record, receipt = await ollama_case.settled()
+    check_completed(ollama_case, record, receipt, operation="text_completion")
