@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -172,5 +173,6 @@ class EngineMachine(RuleBasedStateMachine):
         assert not [t for t in threading.enumerate() if t.name == "streamguard-watchdog"]
 
 
-EngineMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=25, deadline=None)
-test_engine_state_machine = EngineMachine.TestCase
+EngineMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=25, deadline=None)
+# Generous: hundreds of random runs, each with threads; slow only on a loaded machine.
+test_engine_state_machine = pytest.mark.timeout(300)(EngineMachine.TestCase)

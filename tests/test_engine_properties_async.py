@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -176,4 +177,5 @@ class AsyncEngineMachine(RuleBasedStateMachine):
 AsyncEngineMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=20, deadline=None
 )
-test_async_engine_state_machine = AsyncEngineMachine.TestCase
+# Generous: hundreds of random runs, each with threads; slow only on a loaded machine.
+test_async_engine_state_machine = pytest.mark.timeout(300)(AsyncEngineMachine.TestCase)
