@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint typecheck pytest bench clean
+.PHONY: install system-deps demo test lint typecheck pytest bench clean dashboards
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,14 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 # Real components the tests use, from Debian, installed when missing (CI runs as root).
-SYSTEM_DEPS := redis-server
+# Each entry is binary:package; the packages of the missing binaries are installed.
+SYSTEM_DEPS := redis-server:redis-server prometheus:prometheus promtool:prometheus
 system-deps:
-	@missing=""; for bin in $(SYSTEM_DEPS); do command -v $$bin >/dev/null || missing="$$missing $$bin"; done; \
+	@missing=""; for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 install: $(STAMP)
@@ -29,7 +30,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamguard demo
 
-LINTED := $(wildcard src tests benchmarks examples)
+LINTED := $(wildcard src tests benchmarks examples dashboards)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
@@ -45,6 +46,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# Rewrite dashboards/*.json from dashboards/*.py (tests fail when the committed JSON is stale).
+dashboards: $(STAMP)
+	$(PY) -m dashboards.generate
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -93,6 +93,7 @@ class OTLPReceiver:
         self._lock = threading.Condition()
         self._received: list[Received] = []
         self._grpc: Any = None
+        self._executor: futures.ThreadPoolExecutor | None = None
         self._http: http.server.ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self.grpc_port = 0
@@ -103,7 +104,8 @@ class OTLPReceiver:
         """Start both servers; returns once they accept connections."""
         if self._grpc is not None:
             raise RuntimeError("This OTLPReceiver is already started; create another one.")
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._executor = futures.ThreadPoolExecutor(4, thread_name_prefix="otlp-receiver-grpc")
+        server = grpc.server(self._executor)
         for signal, add_servicer in _ADD_SERVICER.items():
             add_servicer(_Servicer(self, signal), server)
         self.grpc_port = int(server.add_insecure_port(f"{self._host}:0"))
@@ -123,6 +125,9 @@ class OTLPReceiver:
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait(5)
             self._grpc = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -1,0 +1,1 @@
+"""StreamGuard's Grafana dashboards, generated from Python: see ``dashboards/generate.py``."""
