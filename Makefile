@@ -16,7 +16,7 @@ $(STAMP): $(PY) pyproject.toml
 
 # Real components the tests use, from Debian, installed when missing (CI runs as root).
 # Each entry is binary:package; the packages of the missing binaries are installed.
-SYSTEM_DEPS := redis-server:redis-server prometheus:prometheus promtool:prometheus
+SYSTEM_DEPS := redis-server:redis-server prometheus:prometheus promtool:prometheus chromium:chromium
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep##*:}"; done; \
 	if [ -n "$$missing" ]; then \

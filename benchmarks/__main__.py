@@ -37,6 +37,7 @@ JOBS: tuple[tuple[str, str], ...] = (
     ("sdk_overhead", "sdk"),
     ("stop_latency", "sdk"),
     ("concurrency", "sdk"),
+    ("collector_down", "sdk"),
 )
 
 

@@ -148,11 +148,13 @@ def _drift_points(otel) -> dict[str, tuple[float, int]]:  # type: ignore[no-unty
                 if m.name == "streamguard.estimate.drift":
                     for p in m.data.data_points:
                         model = p.attributes["gen_ai.request.model"]
-                        out[model] = (p.sum, p.count)
+                        total, count = out.get(model, (0.0, 0))
+                        out[model] = (total + p.sum, count + p.count)
     return out
 
 
-# The estimator counts about four characters per token. On the upstream's token sequences
+# The estimator counts about four characters per token. The drift metric records the size of
+# each miss (its direction is an attribute). On the upstream's token sequences
 # (" w0" ... " w999", each one real token) it must stay within 10% of the provider's count.
 DRIFT_TOLERANCE = 0.10
 

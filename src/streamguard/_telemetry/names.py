@@ -26,6 +26,7 @@ KIND = "streamguard.kind"
 RESULT = "streamguard.result"
 LATER_SIGNALS = "streamguard.stop.later_signals"
 BUDGET = "streamguard.budget"
+DRIFT_DIRECTION = "streamguard.drift.direction"
 
 # The receipt on the span event and the log record.
 RECEIPT_EVENT = "streamguard.receipt"
@@ -72,7 +73,8 @@ BUDGET_STORE_ERRORS = (
 ESTIMATE_DRIFT = (
     "streamguard.estimate.drift",
     "{token}",
-    "Estimated output tokens minus the provider-reported count, per completed stream.",
+    "How far the output-token estimate was from the provider's count, per stream with exact "
+    "usage; the direction attribute says over, under or exact.",
 )
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
@@ -94,4 +96,4 @@ DURATION_BUCKETS = (
 )
 TTFC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STOP_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-DRIFT_BUCKETS = (-256, -64, -16, -4, -1, 0, 1, 4, 16, 64, 256)
+DRIFT_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)

@@ -209,7 +209,11 @@ class Telemetry:
             latency = max(0, core.t_upstream_closed_mono - core.t_stop_mono) / 1e9
             self.stop_latency.record(latency, {n.STOP_REASON: reason})
         if core.usage_exact is not None and core.estimated_output_tokens is not None:
-            self.drift.record(core.estimated_output_tokens - core.usage_exact, base)
+            # A histogram's sum is dropped once it sees a negative value: record the size of
+            # the miss, and its direction as an attribute.
+            miss = core.estimated_output_tokens - core.usage_exact
+            direction = "over" if miss > 0 else "under" if miss < 0 else "exact"
+            self.drift.record(abs(miss), {**base, n.DRIFT_DIRECTION: direction})
         if receipt is None:
             return
         tokens = receipt.tokens
