@@ -65,8 +65,9 @@ def _frozen_heap(_unfreeze_heap_after_the_suite: None) -> None:
     gc.freeze()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shared_upstream() -> Iterator[Upstream]:
+    """One upstream for the whole suite, stopped when it ends (no thread left behind)."""
     with Upstream(token_interval=INTERVAL, default_max_tokens=64) as up:
         yield up
 
