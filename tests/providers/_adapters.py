@@ -136,6 +136,83 @@ class OllamaAdapter(Adapter):
         await stream.aclose()
 
 
+class GeminiAdapter(Adapter):
+    name = "gcp.gemini"
+    module = "google.genai"
+    supports_with = False  # generate_content_stream returns a plain (async) generator
+    has_response = False
+    input_known_when_cut = True  # every chunk carries the running usage, the prompt's included
+
+    def client(self, up: Upstream, is_async: bool) -> Any:
+        client = self.sdk().Client(api_key="test", http_options={"base_url": up.gemini_base_url})
+        return client.aio if is_async else client  # the Client's __del__ closes its sync pool
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        config = {"max_output_tokens": max_tokens}
+        return client.models.generate_content_stream(
+            model=MODEL, contents="count slowly", config=config
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.text
+
+    def stream_types(self, is_async: bool) -> tuple[type[Any], ...]:
+        import types
+
+        return (types.AsyncGeneratorType,) if is_async else (types.GeneratorType,)
+
+    async def aclose(self, stream: Any) -> None:
+        await stream.aclose()
+
+    async def close_client(self, client: Any, is_async: bool) -> None:
+        if is_async:
+            await client.aclose()
+        else:
+            client.close()
+
+
+class _MistralClient:
+    """One mistralai client serves both modes: the adapter remembers which one the case runs."""
+
+    def __init__(self, sdk: Any, is_async: bool) -> None:
+        self.sdk = sdk
+        self.is_async = is_async
+
+
+class MistralAdapter(Adapter):
+    name = "mistral_ai"
+    module = "mistralai.client"
+
+    def client(self, up: Upstream, is_async: bool) -> Any:
+        sdk = self.sdk().Mistral(api_key="test", server_url=up.mistral_base_url)
+        return _MistralClient(sdk, is_async)
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        chat = client.sdk.chat
+        stream = chat.stream_async if client.is_async else chat.stream
+        return stream(model=MODEL, messages=MESSAGES, max_tokens=max_tokens)
+
+    def text(self, chunk: Any) -> str | None:
+        choices = chunk.data.choices
+        return choices[0].delta.content if choices else None
+
+    def stream_types(self, is_async: bool) -> tuple[type[Any], ...]:
+        from mistralai.client.utils.eventstreaming import EventStream, EventStreamAsync
+
+        return (EventStreamAsync,) if is_async else (EventStream,)
+
+    async def close_client(self, client: Any, is_async: bool) -> None:
+        await client.sdk.__aexit__(None, None, None)
+        client.sdk.__exit__(None, None, None)
+
+
 ADAPTERS: dict[str, Adapter] = {
-    adapter.name: adapter for adapter in (OpenAIAdapter(), AnthropicAdapter(), OllamaAdapter())
+    adapter.name: adapter
+    for adapter in (
+        OpenAIAdapter(),
+        AnthropicAdapter(),
+        OllamaAdapter(),
+        GeminiAdapter(),
+        MistralAdapter(),
+    )
 }

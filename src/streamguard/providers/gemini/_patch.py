@@ -30,7 +30,7 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import call_guarded
+from streamguard.providers._calls import abort_closer, call_guarded
 from streamguard.providers.gemini._meter import GeminiMeter
 
 __all__ = ["GeminiPatcher"]
@@ -72,7 +72,7 @@ class _Upstream:
         self.closed = True
         response = self.response
         if response is not None:
-            response.close()
+            abort_closer(response, self.core)()  # wakes a reader blocked on a silent upstream
             return
         # ValueError: executing in another thread, its request in flight: the response hook
         # closes the response as soon as it arrives (closed is already set).
@@ -211,9 +211,10 @@ async def _capture_async(
 class GeminiPatcher(Patcher):
     name = "gcp.gemini"
     distribution = "google-genai"
-    # 3.x: the streams this module guards and the private ``_request(http_request,
-    # http_options, stream)`` hooks it captures responses at, as in 3.0 to 3.6 (tested: 3.6).
-    supported = ("3.0", "4")
+    # The targets and the private ``_request(http_request, http_options, stream)`` hooks are
+    # the same from 2.0 (httpx) to 3.x (httpx2); tested on 2.0.0, 3.0.0 and 3.6.1
+    # (tests/test_gemini_mistral.py). 1.x is untested; 4.x may move the private hooks.
+    supported = ("2.0", "4")
 
     def targets(self) -> list[tuple[str, str, Any]]:
         return [

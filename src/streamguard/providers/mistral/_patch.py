@@ -1,4 +1,4 @@
-"""Patch targets of the mistralai SDK (3.x, imported as ``mistralai.client``).
+"""Patch targets of the mistralai SDK (2.x and 3.x, imported as ``mistralai.client``).
 
 Every streaming method sends its request at call time and returns an ``EventStream`` (sync) or
 ``EventStreamAsync`` whose ``response`` is the HTTP response: the guard is a proxy around it
@@ -91,9 +91,9 @@ def _conversation(kwargs: Mapping[str, Any]) -> tuple[str, str | None, int | Non
 class MistralPatcher(Patcher):
     name = "mistral_ai"
     distribution = "mistralai"
-    # 3.x: ``mistralai.client`` with EventStream(Async) over httpx2, as in 3.0 to 3.7 (tested:
-    # 3.7). 1.x had another module layout; 2.x is untested.
-    supported = ("3.0", "4")
+    # ``mistralai.client`` with EventStream(Async) from 2.0 (httpx) to 3.x (httpx2); tested on
+    # 2.0.0, 3.0.0 and 3.7.0 (tests/test_gemini_mistral.py). 1.x has another module layout.
+    supported = ("2.0", "4")
 
     def targets(self) -> list[tuple[str, str, Any]]:
         chat = _wrapper(CompletionMeter, _completion("chat"))
