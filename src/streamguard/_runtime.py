@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -225,6 +226,8 @@ class Runtime:
         if outcome == "completed":
             self.lengths.observe(core.model, produced)
             prevented = 0
+        elif outcome == "failed":
+            prevented = 0  # the upstream failed: it would not have generated more
         elif self.billing.get(core.provider, STOPS_ON_ABORT) == WHOLE_COMPLETION:
             prevented = 0  # this provider bills the whole completion: nothing is prevented
         else:
@@ -295,9 +298,17 @@ class Runtime:
         cores = self.active()
         for core in cores:
             core.request_stop(StopReason.SHUTDOWN, "StreamGuard was shut down")
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         deadline = time.monotonic() + timeout
         for core in cores:
-            if core.wait_final(max(0.0, deadline - time.monotonic())) is None:
+            # A stream of the loop this very call blocks cannot be closed by that loop until
+            # shutdown returns: its socket was already shut down by request_stop, so seal now.
+            if core._loop is not None and core._loop is here:
+                core._closed()
+            elif core.wait_final(max(0.0, deadline - time.monotonic())) is None:
                 # An async stream whose loop is not running: seal it from here.
                 core._closed()
         self.watchdog.stop()

@@ -431,16 +431,6 @@ async def test_deadline_cancels_the_stream_and_closes_upstream(
 async def test_shutdown_with_a_stream_open_closes_upstream_within_50ms(
     case: Case, instrumented: None, request: pytest.FixtureRequest
 ) -> None:
-    if case.is_async:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="uninstrument() on the event loop thread blocks it for 5 s waiting for a "
-                "close that must run on that loop, then seals the receipt with the upstream "
-                "still open (Runtime.shutdown)",
-            )
-        )
-
     def sync(c: Case) -> None:
         stream = c.open()
         texts = c.take(stream)
@@ -575,11 +565,6 @@ async def test_http_error_at_start_raises_the_sdk_error_unchanged_with_one_faile
     check_failed(case, texts, receipt, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime._fields computes prevented_estimate for every outcome but completed, so an "
-    "upstream failure is reported as tokens StreamGuard prevented",
-)
 async def test_upstream_failure_prevents_nothing(
     case: Case, instrument_with: Callable[..., None]
 ) -> None:

@@ -51,6 +51,7 @@ class StreamCore:
 
     __slots__ = (
         "__weakref__",
+        "_abort",
         "_aclose",
         "_close",
         "_final_event",
@@ -166,6 +167,7 @@ class StreamCore:
         self.t_upstream_closed_mono: int | None = None
         self._close: Callable[[], object] | None = None
         self._aclose: Callable[[], Awaitable[object]] | None = None
+        self._abort: Callable[[], object] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._final_event = threading.Event()
         self._receipt_waiters: list[asyncio.Future[Any]] = []
@@ -193,13 +195,17 @@ class StreamCore:
         close: Callable[[], object] | None = None,
         aclose: Callable[[], Awaitable[object]] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        abort: Callable[[], object] | None = None,
     ) -> None:
         """Say how to close the upstream: ``close`` (sync) and/or ``aclose`` run on ``loop``.
 
-        The callables must not reference the guard the application holds.
+        ``abort`` (async upstreams) shuts the connection at once from any thread, so the
+        server sees the disconnect even before ``aclose`` gets to run on its loop. The
+        callables must not reference the guard the application holds.
         """
         self._close = close
         self._aclose = aclose
+        self._abort = abort
         if aclose is not None and loop is None:
             loop = asyncio.get_running_loop()
         self._loop = loop
@@ -357,6 +363,14 @@ class StreamCore:
         aclose, loop = self._aclose, self._loop
         if aclose is not None and loop is not None:
             self._aclose = None
+            abort, self._abort = self._abort, None
+            if abort is not None:
+                try:
+                    abort()
+                except Exception as exc:  # aclose still runs; the receipt says what happened
+                    self.detail = (
+                        self.detail or f"aborting the upstream raised {type(exc).__name__}"
+                    )
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import socket
 from collections.abc import Callable
@@ -29,18 +30,36 @@ def abort_closer(response: Any, core: StreamCore) -> Callable[[], None]:
     """
 
     def close() -> None:
-        if not getattr(response, "is_closed", False) and core.stop_reason is not _COMPLETED:
-            stream = getattr(response, "extensions", {}).get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        socket_abort(response, core)()
         response.close()
 
     return close
 
 
+def socket_abort(response: Any, core: StreamCore) -> Callable[[], None]:
+    """Shut down the socket under an HTTP response (sync or async) unless the stream completed.
+
+    Safe from any thread: the server sees the disconnect at once, and a pending read (in
+    another thread, or awaited on the loop) fails instead of waiting for data.
+    """
+
+    def abort() -> None:
+        if getattr(response, "is_closed", False) or core.stop_reason is _COMPLETED:
+            return
+        stream = getattr(response, "extensions", {}).get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    return abort
+
+
 _COMPLETED = StopReason.COMPLETED
+# True while guarding the result of an awaited SDK call (async client).
+_in_async_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "streamguard_async_call", default=False
+)
 
 
 class Guarding:
@@ -55,8 +74,10 @@ class Guarding:
         self.core.bind_upstream(close=close)
         return SyncStreamGuard(stream, self.core, self.meter)
 
-    def async_stream(self, stream: Any, aclose: Callable[[], Any]) -> AsyncStreamGuard:
-        self.core.bind_upstream(aclose=aclose, loop=asyncio.get_running_loop())
+    def async_stream(
+        self, stream: Any, aclose: Callable[[], Any], abort: Callable[[], object] | None = None
+    ) -> AsyncStreamGuard:
+        self.core.bind_upstream(aclose=aclose, loop=asyncio.get_running_loop(), abort=abort)
         return AsyncStreamGuard(stream, self.core, self.meter)
 
 
@@ -159,16 +180,22 @@ def sdk_result_guard(
         # ``result`` is typed Any on purpose: the SDK types are only known at run time.
         if isinstance(result, sync_types):
             return guarding.sync_stream(result, abort_closer(result.response, guarding.core))
+        core = guarding.core
         if isinstance(result, async_types):
-            return guarding.async_stream(result, result.response.aclose)
-        if isinstance(result, raw_types):
-            guarding.core.bind_upstream(close=abort_closer(result.http_response, guarding.core))
-            return RawResponseGuard(result, guarding.core, guard)
-        if isinstance(result, async_raw_types):
-            guarding.core.bind_upstream(
-                aclose=result.http_response.aclose, loop=asyncio.get_running_loop()
-            )
-            return RawResponseGuard(result, guarding.core, guard)
+            abort = socket_abort(result.response, core)
+            return guarding.async_stream(result, result.response.aclose, abort)
+        if isinstance(result, raw_types + async_raw_types):
+            http = result.http_response
+            if isinstance(result, async_raw_types) or _in_async_call.get():
+                # openai's async client returns a LegacyAPIResponse too: bind the async close.
+                core.bind_upstream(
+                    aclose=http.aclose,
+                    loop=asyncio.get_running_loop(),
+                    abort=socket_abort(http, core),
+                )
+            else:
+                core.bind_upstream(close=abort_closer(http, core))
+            return RawResponseGuard(result, core, guard)
         from streamguard._engine.reasons import StopReason
 
         # Not a stream after all (a mocked client, a new SDK type): leave it untouched.

@@ -10,7 +10,7 @@ from typing import Any
 from streamguard._engine.core import StreamCore
 from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
 from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, handle_of, new_core
-from streamguard.providers._calls import abort_closer
+from streamguard.providers._calls import abort_closer, socket_abort
 
 __all__ = ["guard"]
 
@@ -99,7 +99,11 @@ def guard(
 
         meter = MessagesMeter(core)
     if is_async:
-        core.bind_upstream(aclose=stream.response.aclose, loop=asyncio.get_running_loop())
+        core.bind_upstream(
+            aclose=stream.response.aclose,
+            loop=asyncio.get_running_loop(),
+            abort=socket_abort(stream.response, core),
+        )
         return AsyncStreamGuard(stream, core, meter)
     core.bind_upstream(close=abort_closer(stream.response, core))
     return SyncStreamGuard(stream, core, meter)

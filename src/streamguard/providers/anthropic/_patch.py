@@ -17,7 +17,13 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import Guarding, abort_closer, call_guarded, sdk_result_guard
+from streamguard.providers._calls import (
+    Guarding,
+    abort_closer,
+    call_guarded,
+    sdk_result_guard,
+    socket_abort,
+)
 
 __all__ = ["AnthropicPatcher", "MessagesMeter"]
 
@@ -142,7 +148,11 @@ class MessageStreamManagerGuard(wrapt.ObjectProxy[Any]):
         try:
             helper = await self.__wrapped__.__aenter__()
             raw = helper._raw_stream
-            core.bind_upstream(aclose=raw.response.aclose, loop=asyncio.get_running_loop())
+            core.bind_upstream(
+                aclose=raw.response.aclose,
+                loop=asyncio.get_running_loop(),
+                abort=socket_abort(raw.response, core),
+            )
             helper._raw_stream = AsyncStreamGuard(raw, core, guarding.meter)
         except BaseException as exc:
             fail_core(core, exc)

@@ -23,7 +23,7 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import abort_closer, call_guarded
+from streamguard.providers._calls import abort_closer, call_guarded, socket_abort
 
 __all__ = ["OllamaMeter", "OllamaPatcher"]
 
@@ -85,6 +85,10 @@ class _Capture:
         # ValueError: executing in another thread before its request went out.
         with contextlib.suppress(ValueError):
             self.generator.close()
+
+    def abort(self) -> None:
+        if self.response is not None:
+            socket_abort(self.response, self.core)()
 
     async def aclose(self) -> None:
         if self.response is not None:
@@ -168,7 +172,9 @@ def _request(operation: str) -> Any:
             capture = _FirstReadCapture(box)
             guard: Any
             if hasattr(generator, "__anext__"):
-                core.bind_upstream(aclose=box.aclose, loop=asyncio.get_running_loop())
+                core.bind_upstream(
+                    aclose=box.aclose, loop=asyncio.get_running_loop(), abort=box.abort
+                )
                 guard = AsyncStreamGuard(generator, core, meter, capture)
             else:
                 core.bind_upstream(close=box.close)
