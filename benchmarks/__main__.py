@@ -38,6 +38,7 @@ JOBS: tuple[tuple[str, str], ...] = (
     ("stop_latency", "sdk"),
     ("concurrency", "sdk"),
     ("collector_down", "sdk"),
+    ("money", "noop"),
 )
 
 

@@ -17,6 +17,8 @@ SECTIONS = (
     ("sdk.", "4. Per-chunk overhead against the bare SDK (in-memory transport)"),
     ("stop.", "5. Stop latency (stop signal to upstream socket closed)"),
     ("concurrency.", "6. Concurrent async streams"),
+    ("money.", "7. Money and policy overhead per chunk"),
+    ("collector_down.", "8. Collector down (OTLP endpoint dead)"),
 )
 
 METHOD = """\

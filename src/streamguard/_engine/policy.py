@@ -108,11 +108,11 @@ class StreamPolicy:
 class PolicyRun:
     """One policy's state on one stream: the accumulated text and when it was last checked."""
 
-    __slots__ = ("chars_since", "evaluations", "last_ns", "parts", "policy", "tokens_since")
+    __slots__ = ("acc", "chars_since", "evaluations", "last_ns", "policy", "tokens_since")
 
     def __init__(self, policy: StreamPolicy) -> None:
         self.policy = policy
-        self.parts: list[str] = []
+        self.acc: str | None = ""
         self.chars_since = 0
         self.tokens_since = 0
         self.last_ns = time.monotonic_ns()
@@ -121,7 +121,11 @@ class PolicyRun:
     def due(self, text: str, tokens: int) -> bool:
         """Take in one chunk's text; say whether the check must run now."""
         if text:
-            self.parts.append(text)
+            # Grown in place: with the attribute cleared, the local holds the only reference,
+            # so CPython resizes the string instead of copying it (amortised O(1) per chunk).
+            acc, self.acc = self.acc, None
+            acc += text  # type: ignore[operator]
+            self.acc = acc
         self.chars_since += len(text)
         self.tokens_since += tokens
         policy = self.policy
@@ -142,9 +146,7 @@ class PolicyRun:
         )
 
     def text(self) -> str:
-        if len(self.parts) > 1:
-            self.parts[:] = ["".join(self.parts)]
-        return self.parts[0] if self.parts else ""
+        return self.acc or ""
 
     def _reset(self) -> None:
         self.chars_since = self.tokens_since = 0
