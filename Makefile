@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test lint typecheck pytest bench clean dashboards
+.PHONY: install system-deps demo test lint typecheck pytest bench bench-quick clean dashboards
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# A smoke run of every benchmark at reduced sizes (CI): proves they run; numbers go to a temp dir.
+bench-quick: $(STAMP) system-deps
+	$(PY) -m benchmarks --quick --out "$$(mktemp -d)"
 
 # Rewrite dashboards/*.json from dashboards/*.py (tests fail when the committed JSON is stale).
 dashboards: $(STAMP)
