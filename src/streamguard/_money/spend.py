@@ -16,7 +16,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Spend", "estimate_input_tokens", "open_spend"]
 
-_PROMPT_KEYS = ("messages", "input", "prompt", "contents", "system", "instructions")
+_PROMPT_KEYS = (
+    "messages",
+    "input",
+    "inputs",
+    "prompt",
+    "suffix",
+    "contents",
+    "system",
+    "instructions",
+)
 
 
 def estimate_input_tokens(kwargs: Mapping[str, Any]) -> int:
