@@ -30,7 +30,7 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import abort_closer, call_guarded
+from streamguard.providers._calls import abort_closer, call_guarded, socket_abort
 from streamguard.providers.gemini._meter import GeminiMeter
 
 __all__ = ["GeminiPatcher"]
@@ -78,6 +78,14 @@ class _Upstream:
         # closes the response as soon as it arrives (closed is already set).
         with contextlib.suppress(ValueError):
             self.generator.close()
+
+    def abort(self) -> None:
+        """Shut this stream's connection at once from any thread, before ``aclose`` gets to
+        run on its loop (which may be blocked, as under ``uninstrument()`` on that loop)."""
+        self.closed = True
+        response = self.response
+        if response is not None:
+            socket_abort(response, self.core)()
 
     async def aclose(self) -> None:
         """Close the upstream on its own loop; see ``close``."""
@@ -163,7 +171,8 @@ def _generate(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     def guard(generator: Any) -> Any:
         upstream = _Upstream(generator, core)
         if hasattr(generator, "__anext__"):
-            core.bind_upstream(aclose=upstream.aclose, loop=asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            core.bind_upstream(aclose=upstream.aclose, loop=loop, abort=upstream.abort)
             return AsyncStreamGuard(generator, core, meter, _Reader(upstream))
         core.bind_upstream(close=upstream.close)
         return SyncStreamGuard(generator, core, meter, _Reader(upstream))
