@@ -92,8 +92,14 @@ def runtime(sink: InMemoryReceiptSink) -> Iterator[_runtime.Runtime]:
 
 @pytest.fixture(autouse=True)
 def _no_internal_faults() -> Iterator[None]:
-    """Every test fails if StreamGuard reported a fault of its own machinery."""
+    """Every test fails if StreamGuard reported a fault of its own machinery.
+
+    The full collection afterwards runs the finalisers of what the test dropped (where faults
+    would show). Everything alive before the test is frozen out of the collector's sight, so
+    that collection takes milliseconds instead of ~250 ms in a process with every SDK loaded.
+    """
     del _runtime.faults[:]
+    gc.freeze()
     yield
     gc.collect()
     faults = list(_runtime.faults)
@@ -104,6 +110,7 @@ def _no_internal_faults() -> Iterator[None]:
 @pytest.fixture(autouse=True, scope="session")
 def _no_leftover_threads() -> Iterator[None]:
     yield
+    gc.unfreeze()
     stop_background_loop()
 
 

@@ -10,7 +10,6 @@ skipped with the reason.
 from __future__ import annotations
 
 import collections
-import gc
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -49,20 +48,6 @@ def adapter_or_skip(name: str) -> Adapter:
     if name not in {patcher.name for patcher in all_patchers()}:
         pytest.skip(f"StreamGuard has no {name} patcher yet (streamguard.providers.all_patchers)")
     return adapter
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _unfreeze_heap_after_the_suite() -> Iterator[None]:
-    yield
-    gc.unfreeze()
-
-
-@pytest.fixture(autouse=True)
-def _frozen_heap(_unfreeze_heap_after_the_suite: None) -> None:
-    """Move everything alive before the test (modules, SDK types, fixtures) out of the cyclic
-    collector's sight, so that the full gc.collect() after every test (tests/conftest.py) and
-    in the gc scenarios takes milliseconds instead of ~200 ms in a process with every SDK."""
-    gc.freeze()
 
 
 @pytest.fixture(scope="package")
