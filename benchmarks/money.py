@@ -10,10 +10,6 @@ twice per stream (reserve, settle), not per chunk.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -54,42 +50,13 @@ def _runtime(**extra: Any) -> Any:
 
 @contextlib.contextmanager
 def _redis() -> Iterator[str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="sg-bench-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    from streamguard.testing.redis_server import RedisServerMissing, redis_server
+
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        with redis_server() as url:
+            yield url
+    except RedisServerMissing:
+        yield None
 
 
 def run() -> dict[str, Any]:

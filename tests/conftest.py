@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +22,7 @@ from streamguard import _runtime
 from streamguard._config import Options
 from streamguard._engine.loopthread import stop_background_loop
 from streamguard._receipts.signing import HmacSigner
+from streamguard.testing.redis_server import RedisServerMissing, redis_server
 from streamguard.testing.sinks import InMemoryReceiptSink
 
 HMAC_SECRET = bytes(range(32))
@@ -125,38 +123,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    binary = shutil.which("redis-server")
-    if binary is None:
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the session (Debian's; `make test` installs it)."""
+    try:
+        with redis_server() as url:
+            yield url
+    except RedisServerMissing:
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing: `make test` installs it (Debian redis-server)")
         pytest.skip("redis-server is not installed: run `make system-deps`")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)

@@ -60,50 +60,32 @@ def _is_streaming(kwargs: dict[str, Any]) -> bool:
     return kwargs.get("stream") is True and not in_guarded_call()
 
 
-def _chat_create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _is_streaming(kwargs):
-        return wrapped(*args, **kwargs)
-    kwargs, hide = _with_usage(kwargs)
-    core = new_core(
-        PROVIDER,
-        kwargs,
-        operation="chat",
-        max_tokens=_max_tokens(kwargs),
-        base_url=instance._client.base_url,
-    )
-    guarding = Guarding(core, ChatMeter(core, hide))
-    return call_guarded(wrapped, args, kwargs, core, _guard_result(guarding))
+def _streaming_call(operation: str, chunks: str) -> Any:
+    """The wrapper of one streaming entry point: ``chunks`` is "chat" (chat and legacy
+    completions chunks, with include_usage injected) or "responses" (Responses events)."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _is_streaming(kwargs):
+            return wrapped(*args, **kwargs)
+        hide = False
+        if chunks == "chat":
+            kwargs, hide = _with_usage(kwargs)
+        core = new_core(
+            PROVIDER,
+            kwargs,
+            operation=operation,
+            max_tokens=_max_tokens(kwargs),
+            base_url=instance._client.base_url,
+        )
+        meter: Any = ChatMeter(core, hide) if chunks == "chat" else ResponsesMeter(core)
+        return call_guarded(wrapped, args, kwargs, core, _guard_result(Guarding(core, meter)))
+
+    return wrapper
 
 
-def _completions_create(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    if not _is_streaming(kwargs):
-        return wrapped(*args, **kwargs)
-    kwargs, hide = _with_usage(kwargs)
-    core = new_core(
-        PROVIDER,
-        kwargs,
-        operation="text_completion",
-        max_tokens=_max_tokens(kwargs),
-        base_url=instance._client.base_url,
-    )
-    guarding = Guarding(core, ChatMeter(core, hide))
-    return call_guarded(wrapped, args, kwargs, core, _guard_result(guarding))
-
-
-def _responses(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _is_streaming(kwargs):
-        return wrapped(*args, **kwargs)
-    core = new_core(
-        PROVIDER,
-        kwargs,
-        operation="chat",
-        max_tokens=_max_tokens(kwargs),
-        base_url=instance._client.base_url,
-    )
-    guarding = Guarding(core, ResponsesMeter(core))
-    return call_guarded(wrapped, args, kwargs, core, _guard_result(guarding))
+_chat_create = _streaming_call("chat", "chat")
+_completions_create = _streaming_call("text_completion", "chat")
+_responses = _streaming_call("chat", "responses")
 
 
 def _helper_close(
