@@ -13,21 +13,21 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from typing import Any
 
 from streamguard._config import Options
 from streamguard._engine.core import StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
+from streamguard._money.accounting import BILLING, receipt_fields
 from streamguard._money.budget import Budget, InMemoryBudgetStore
 from streamguard._money.context import current_limits, current_scope
 from streamguard._money.estimate import LengthModel
-from streamguard._money.pricing import Pricing, money
+from streamguard._money.pricing import Pricing
 from streamguard._money.spend import estimate_input_tokens, open_spend
 from streamguard._receipts.chain import Ledger
 from streamguard._receipts.ledger import JsonlLedgerSink
-from streamguard._receipts.model import Costs, Receipt, Times, Tokens
+from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
 from streamguard.integrations._request import current_request
@@ -83,7 +83,7 @@ class Runtime:
         self.budgets = tuple(budgets) + _env_budget(opts)
         self.policies = tuple(policies)
         self.budget_store = budget_store or _default_store(opts)
-        self.billing = {**_BILLING, **(billing or {})}
+        self.billing = {**BILLING, **(billing or {})}
         self._warned: set[str] = set()
         self.remote: Any = None
         if opts.redis_url:
@@ -182,7 +182,7 @@ class Runtime:
         canonical = b""
         self._settle(core)
         try:
-            receipt, canonical = self.ledger.seal_bytes(self._fields(core))
+            receipt, canonical = self.ledger.seal_bytes(receipt_fields(self, core))
         except Exception as exc:
             report_fault("receipt.seal", exc)
         if receipt is not None:
@@ -212,86 +212,6 @@ class Runtime:
         except Exception as exc:
             report_fault("finalize.settle", exc)
 
-    def _fields(self, core: StreamCore) -> dict[str, Any]:
-        reason = core.stop_reason or StopReason.UPSTREAM_ERROR
-        outcome = reason.outcome(rejected=core.rejected)
-        est_produced = core.produced_tokens
-        produced = est_produced if core.usage_exact is None else core.usage_exact
-        # Exact usage replaces the estimate; the not-yet-handed-over and not-yet-consumed
-        # shares keep their estimated sizes.
-        committed = max(0, min(produced, produced - (est_produced - core.committed_tokens)))
-        consumed = max(
-            0, min(committed, committed - (core.committed_tokens - core.consumed_tokens))
-        )
-        if outcome == "completed":
-            self.lengths.observe(core.model, produced)
-            prevented = 0
-        elif outcome == "failed":
-            prevented = 0  # the upstream failed: it would not have generated more
-        elif self.billing.get(core.provider, STOPS_ON_ABORT) == WHOLE_COMPLETION:
-            prevented = 0  # this provider bills the whole completion: nothing is prevented
-        else:
-            expected = self.lengths.expected(core.model)
-            if core.request_max_tokens is not None:
-                expected = min(expected, core.request_max_tokens)
-            prevented = max(0, expected - produced)
-        undelivered = produced - consumed
-        trace_id, span_id = self.telemetry.span_ids(core)
-        return {
-            "receipt_id": os.urandom(16).hex(),
-            "stream_id": core.stream_id,
-            "provider": core.provider,
-            "model": core.model,
-            "operation": core.operation,
-            "request_max_tokens": core.request_max_tokens,
-            "outcome": str(outcome),
-            "reason": str(reason),
-            "category": None if reason.category is None else str(reason.category),
-            "detail": core.detail,
-            "tokens": Tokens(
-                input=core.input_tokens,
-                produced=produced,
-                committed=committed,
-                consumed=consumed,
-                undelivered=undelivered,
-                post_cutoff=core.post_cutoff_tokens,
-                prevented_estimate=prevented,
-                usage_source="provider" if core.usage_exact is not None else "estimated",
-            ),
-            "cost": self._cost(core, produced, undelivered, prevented),
-            "times": Times(
-                started=core.t_started,
-                first_chunk=core.t_first_chunk,
-                stop_requested=core.t_stop_requested if reason != "completed" else None,
-                upstream_closed=core.t_upstream_closed,
-                finalized=time.time_ns(),
-            ),
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "attributes": {
-                **core.attributes,
-                "billing": self.billing.get(core.provider, STOPS_ON_ABORT),
-            },
-        }
-
-    def _cost(self, core: StreamCore, produced: int, undelivered: int, prevented: int) -> Costs:
-        price = self.pricing.price(core.provider, core.model)
-        if price is None:
-            return _UNPRICED
-        cached = min(core.cached_input_tokens or 0, core.input_tokens or 0)
-        input_cost = Decimal((core.input_tokens or 0) - cached) * price.input + Decimal(cached) * (
-            price.cached_input if price.cached_input is not None else price.input
-        )
-        return Costs(
-            currency="USD",
-            input=money(input_cost),
-            output=money(produced * price.output),
-            undelivered=money(undelivered * price.output),
-            prevented_estimate=money(prevented * price.output),
-            pricing_source=price.source,
-        )
-
-    # --------------------------------------------------------------------- shutdown
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every open stream (reason ``shutdown``), wait for their receipts, end timers."""
         self.closed = True
@@ -321,28 +241,6 @@ class Runtime:
                     close()
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
-
-
-_UNPRICED = Costs(
-    currency="USD",
-    input=None,
-    output=None,
-    undelivered=None,
-    prevented_estimate=None,
-    pricing_source="unknown",
-)
-STOPS_ON_ABORT = "stops_on_abort"
-WHOLE_COMPLETION = "whole_completion"
-# How each provider bills a stream that is cut: every provider here stops generating, and
-# billing, when the connection closes (ollama is local and bills nothing). A gateway that
-# bills the whole completion is configured with instrument(billing={"name": "whole_completion"}).
-_BILLING = {
-    "openai": STOPS_ON_ABORT,
-    "anthropic": STOPS_ON_ABORT,
-    "ollama": STOPS_ON_ABORT,
-    "gcp.gemini": STOPS_ON_ABORT,
-    "mistral_ai": STOPS_ON_ABORT,
-}
 
 
 def _cap_check(cap: int) -> Any:
