@@ -30,6 +30,7 @@ from streamguard._receipts.ledger import JsonlLedgerSink
 from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
+from streamguard.exceptions import BudgetExceeded
 from streamguard.integrations._request import current_request
 
 __all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
@@ -107,7 +108,16 @@ class Runtime:
         """Apply scope, budgets, policies and caps to a new stream, before its request is sent.
 
         Raises ``BudgetExceeded`` (the receipt says ``rejected``) when a budget has nothing left.
+        A fault of StreamGuard's own here is reported and the stream goes on unlimited (G7).
         """
+        try:
+            self._begin(core, request)
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            report_fault("begin", exc)
+
+    def _begin(self, core: StreamCore, request: Mapping[str, Any] | None) -> None:
         owner = current_request()
         if owner is not None:
             owner.add(core)

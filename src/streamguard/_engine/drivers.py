@@ -20,7 +20,7 @@ from streamguard._engine.core import HIDE, StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard.exceptions import BudgetExceeded, StreamBlocked, StreamCancelled
 
-__all__ = ["AsyncDriver", "Meter", "SyncDriver", "stop_error"]
+__all__ = ["AsyncDriver", "Meter", "SyncDriver", "meter_fault", "stop_error"]
 
 T = TypeVar("T")
 #: chunk -> tokens it carries (>= 0: a unit), NOT_A_UNIT (pass through) or HIDE (drop).
@@ -41,6 +41,14 @@ _QUIET = frozenset(
 
 
 def _one_unit(chunk: object) -> int:
+    return 1
+
+
+def meter_fault(exc: Exception) -> int:
+    """A meter failed on a chunk: report it once, count the chunk as one unit, go on."""
+    from streamguard._runtime import report_fault
+
+    report_fault("meter", exc)
     return 1
 
 
@@ -124,7 +132,10 @@ class SyncDriver(_Driver):
         try:
             while True:
                 chunk = next(self._it)
-                tokens = meter(chunk)
+                try:
+                    tokens = meter(chunk)
+                except Exception as exc:  # a chunk shape the meter does not know (G7)
+                    tokens = meter_fault(exc)
                 if tokens != HIDE:
                     break
         except StopIteration:
@@ -180,7 +191,10 @@ class AsyncDriver(_Driver):
         try:
             while True:
                 chunk = await self._ait.__anext__()
-                tokens = meter(chunk)
+                try:
+                    tokens = meter(chunk)
+                except Exception as exc:  # a chunk shape the meter does not know (G7)
+                    tokens = meter_fault(exc)
                 if tokens != HIDE:
                     break
         except StopAsyncIteration:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from streamguard._engine.core import HIDE, StreamCore
-from streamguard._engine.drivers import AsyncDriver, Meter, SyncDriver
+from streamguard._engine.drivers import AsyncDriver, Meter, SyncDriver, meter_fault
 from streamguard._engine.reasons import StopReason
 
 __all__ = ["HoldbackAsyncDriver", "HoldbackSyncDriver", "needs_holdback"]
@@ -83,7 +83,10 @@ class HoldbackSyncDriver(SyncDriver):
                     raise replacement from exc
                 raise
             core.in_read = False
-            tokens = self.meter(chunk)
+            try:
+                tokens = self.meter(chunk)
+            except Exception as exc:  # a chunk shape the meter does not know (G7)
+                tokens = meter_fault(exc)
             if tokens == HIDE:
                 continue
             if tokens >= 0 and not core.produce(tokens, chunk):
@@ -148,7 +151,10 @@ class HoldbackAsyncDriver(AsyncDriver):
                     raise replacement from exc
                 raise
             core.in_read = False
-            tokens = self.meter(chunk)
+            try:
+                tokens = self.meter(chunk)
+            except Exception as exc:  # a chunk shape the meter does not know (G7)
+                tokens = meter_fault(exc)
             if tokens == HIDE:
                 continue
             if tokens >= 0:
