@@ -81,3 +81,39 @@ $(E2E_STAMP): $(E2E_PY) pyproject.toml scripts/llama_wheel.sh
 
 e2e: $(E2E_STAMP)
 	$(E2E_PY) -m pytest -q tests_e2e
+
+# The compatibility tier (PROVIDERS.md pitfall 10): the provider tests against the OLDEST end of
+# every stated SDK range (the main venv has the newest). The oldest ends need two httpx
+# generations, so two venvs under .venv-compat: google-genai 2.0 and mistralai 2.0 require
+# httpx>=0.28.1, while ollama 0.4 requires httpx<0.28 and openai 1.40 fails on 0.28 (it passes
+# httpx's removed `proxies` argument). mistralai 2.0 also holds opentelemetry at 1.39, whose
+# instrumentation package requires wrapt<2: wrapt's own oldest end, 1.16, runs there.
+# Each venv runs only the providers pinned in it (-k); anthropic (on httpx2) runs in httpx-0.28.
+COMPAT_VENV  ?= .venv-compat
+COMPAT_NEW   := $(COMPAT_VENV)/httpx-0.28
+COMPAT_OLD   := $(COMPAT_VENV)/httpx-0.27
+COMPAT_TESTS := tests/providers tests/test_instrument.py tests/test_provider_telemetry.py
+
+.PHONY: compat
+
+$(COMPAT_NEW)/bin/python $(COMPAT_OLD)/bin/python: %/bin/python:
+	$(PYTHON) -m venv $*
+	echo '*' > $(COMPAT_VENV)/.gitignore
+	$*/bin/python -m pip install -q --upgrade pip
+
+$(COMPAT_NEW)/.installed: $(COMPAT_NEW)/bin/python pyproject.toml Makefile
+	$(COMPAT_NEW)/bin/python -m pip install -q -e '.[test]' \
+		anthropic==2.0.0 google-genai==2.0.0 mistralai==2.0.0 wrapt==1.16.0
+	touch $@
+
+$(COMPAT_OLD)/.installed: $(COMPAT_OLD)/bin/python pyproject.toml Makefile
+	$(COMPAT_OLD)/bin/python -m pip install -q -e '.[openai,anthropic,ollama,testing]' \
+		openai==1.40.0 ollama==0.4.0 anthropic==2.0.0 \
+		'pytest>=8' 'pytest-timeout>=2.3' 'pytest-asyncio>=0.24'
+	touch $@
+
+compat: $(COMPAT_NEW)/.installed $(COMPAT_OLD)/.installed
+	$(COMPAT_NEW)/bin/python -m pytest -q $(COMPAT_TESTS) tests/test_gemini_mistral.py \
+		-k 'not openai and not ollama'
+	$(COMPAT_OLD)/bin/python -m pytest -q $(COMPAT_TESTS) \
+		-k 'not anthropic and not gemini and not mistral'

@@ -55,7 +55,7 @@ def _open(provider: str, up: Upstream) -> object:
         a = anthropic.Anthropic(base_url=up.anthropic_base_url, api_key="k", max_retries=0)
         CLIENTS.append(a)
         return a.messages.create(
-            model="claude-sonnet-4-0",
+            model="claude-haiku-4-5",
             messages=PROMPT,
             max_tokens=12,
             stream=True,  # type: ignore[arg-type]
@@ -67,7 +67,7 @@ def _open(provider: str, up: Upstream) -> object:
 
 @pytest.mark.parametrize(
     ("provider", "model"),
-    [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-0"), ("ollama", "llama3")],
+    [("openai", "gpt-4o"), ("anthropic", "claude-haiku-4-5"), ("ollama", "llama3")],
 )
 def test_completed_stream_span_has_genai_attributes(
     provider, model, upstream, guarded, otel

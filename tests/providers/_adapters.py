@@ -135,6 +135,14 @@ class OllamaAdapter(Adapter):
     async def aclose(self, stream: Any) -> None:
         await stream.aclose()
 
+    async def close_client(self, client: Any, is_async: bool) -> None:
+        if hasattr(client, "close"):
+            await super().close_client(client, is_async)
+        elif is_async:  # ollama 0.4 clients have no close(): close their httpx client
+            await client._client.aclose()
+        else:
+            client._client.close()
+
 
 class GeminiAdapter(Adapter):
     name = "gcp.gemini"

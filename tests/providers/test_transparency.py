@@ -148,6 +148,18 @@ def chat_kwargs(max_tokens: int = N, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens, **extra}
 
 
+def chat_stream(client: Any) -> Any:
+    """openai's chat ``.stream()`` helper; openai 1.40 (the oldest supported) has it only under
+    ``beta``."""
+    completions = client.chat.completions
+    return getattr(completions, "stream", None) or client.beta.chat.completions.stream
+
+
+def skip_without_responses_api(c: Case) -> None:
+    if not hasattr(c.client, "responses"):
+        pytest.skip(f"openai {c.adapter.sdk().__version__} has no Responses API")
+
+
 async def test_openai_stream_helper_events_and_final_completion(
     openai_case: Case, instrumented: None
 ) -> None:
@@ -156,13 +168,13 @@ async def test_openai_stream_helper_events_and_final_completion(
     kwargs = chat_kwargs(20, extra_headers=NATURAL)
 
     def sync(c: Case) -> None:
-        with c.client.chat.completions.stream(**kwargs) as stream:
+        with chat_stream(c.client)(**kwargs) as stream:
             events = list(stream)
             final = stream.get_final_completion()
         check_helper(c, events, final, c.finished(), c.receipt())
 
     async def async_(c: Case) -> None:
-        async with c.client.chat.completions.stream(**kwargs) as stream:
+        async with chat_stream(c.client)(**kwargs) as stream:
             events = [event async for event in stream]
             final = await stream.get_final_completion()
         check_helper(c, events, final, await c.afinished(), await c.areceipt())
@@ -188,7 +200,7 @@ async def test_openai_stream_helper_close_is_routed_through_the_guard(
     # The helper's close() closes the response it captured, not the raw stream (PROVIDERS.md
     # pitfall 6): the receipt must still be sealed by the time close() (or the with) returns.
     def sync(c: Case) -> None:
-        with c.client.chat.completions.stream(**chat_kwargs(LONG)) as stream:
+        with chat_stream(c.client)(**chat_kwargs(LONG)) as stream:
             deltas = 0
             for event in stream:
                 deltas += event.type == "content.delta" and event.delta != ""
@@ -200,7 +212,7 @@ async def test_openai_stream_helper_close_is_routed_through_the_guard(
         check_closed_now(c, t_stop, committed=CUT, consumed=CUT - 1)
 
     async def async_(c: Case) -> None:
-        async with c.client.chat.completions.stream(**chat_kwargs(LONG)) as stream:
+        async with chat_stream(c.client)(**chat_kwargs(LONG)) as stream:
             deltas = 0
             async for event in stream:
                 deltas += event.type == "content.delta" and event.delta != ""
@@ -345,6 +357,7 @@ async def test_openai_usage_chunk_the_caller_asked_for_is_delivered(
 async def test_openai_responses_stream_exhausted_has_exact_usage(
     openai_case: Case, instrumented: None
 ) -> None:
+    skip_without_responses_api(openai_case)
     openai = openai_case.adapter.sdk()
     kwargs = {"model": MODEL, "input": "count slowly", "max_output_tokens": N, "stream": True}
 
@@ -368,6 +381,7 @@ async def test_openai_responses_stream_exhausted_has_exact_usage(
 async def test_openai_responses_stream_helper_final_response(
     openai_case: Case, instrumented: None
 ) -> None:
+    skip_without_responses_api(openai_case)
     kwargs = {"model": MODEL, "input": "count slowly", "max_output_tokens": N}
 
     def sync(c: Case) -> Any:

@@ -161,7 +161,9 @@ class Telemetry:
 
     def _emit_log(self, core: StreamCore, span: Any, receipt: Receipt) -> None:
         context = trace.set_span_in_context(span) if span is not None else None
-        if not self.logger.enabled(context=context, event_name=n.RECEIPT_EVENT):
+        # Logger.enabled() is not in opentelemetry-api 1.39 (what mistralai 2.0 allows): emit then.
+        enabled = getattr(self.logger, "enabled", None)
+        if enabled is not None and not enabled(context=context, event_name=n.RECEIPT_EVENT):
             return  # no logs pipeline: skip building the body
         attributes: dict[str, Any] = {
             n.EVENT_ATTR: "receipt",

@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import wrapt
@@ -26,6 +26,7 @@ from streamguard._runtime import get_runtime
 
 __all__ = [
     "AsyncStreamGuard",
+    "ObjectProxy",
     "Patcher",
     "SyncStreamGuard",
     "handle_of",
@@ -34,6 +35,14 @@ __all__ = [
 ]
 
 log = logging.getLogger("streamguard")
+
+# The base of every guard. wrapt 2's stubs make ObjectProxy generic, but wrapt 1.x (the supported
+# range starts at 1.16; opentelemetry-instrumentation 0.60b1, which mistralai 2.0 pulls in,
+# requires wrapt<2) cannot subscript it at runtime: the parameter exists for the type checker only.
+if TYPE_CHECKING:
+    ObjectProxy = wrapt.ObjectProxy[Any]
+else:
+    ObjectProxy = wrapt.ObjectProxy
 
 # Set while a guarded call runs, so that an SDK method calling another patched one (openai's
 # ``.stream()`` calling ``create``, mistral's ``parse_stream``) gives one stream one receipt.
@@ -110,7 +119,7 @@ def fail_core(core: StreamCore, exc: BaseException) -> None:
         )
 
 
-class SyncStreamGuard(wrapt.ObjectProxy[Any]):
+class SyncStreamGuard(ObjectProxy):
     """A guard around a sync SDK stream: the SDK object in every respect but its lifecycle.
 
     ``isinstance`` checks, attributes and helpers see the SDK's object; iteration, ``close``,
@@ -168,7 +177,7 @@ class SyncStreamGuard(wrapt.ObjectProxy[Any]):
         raise TypeError("A guarded stream cannot be pickled: it owns one upstream connection.")
 
 
-class AsyncStreamGuard(wrapt.ObjectProxy[Any]):
+class AsyncStreamGuard(ObjectProxy):
     """A guard around an async SDK stream; see ``SyncStreamGuard``.
 
     ``close()`` is a coroutine, as on the SDKs' async streams; ``aclose()`` is its alias.

@@ -10,12 +10,16 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
 from streamguard._engine.core import StreamCore
 from streamguard._engine.drivers import Meter
 from streamguard._engine.reasons import StopReason
-from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, fail_core, guarded_call
+from streamguard.providers._base import (
+    AsyncStreamGuard,
+    ObjectProxy,
+    SyncStreamGuard,
+    fail_core,
+    guarded_call,
+)
 
 __all__ = ["Guarding", "RawResponseGuard", "abort_closer", "call_guarded", "sdk_result_guard"]
 
@@ -124,7 +128,7 @@ def _guard(result: Any, core: StreamCore, guard_result: Callable[[Any], Any]) ->
         raise
 
 
-class RawResponseGuard(wrapt.ObjectProxy[Any]):
+class RawResponseGuard(ObjectProxy):
     """``with_raw_response`` / ``with_streaming_response``: the stream is guarded on ``parse()``.
 
     Until then the raw response owns the upstream: dropping it unparsed closes the connection.

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import wrapt
-
 from streamguard._engine.core import NOT_A_UNIT, StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._money.estimate import estimate_tokens
 from streamguard.providers._base import (
     AsyncStreamGuard,
+    ObjectProxy,
     Patcher,
     SyncStreamGuard,
     fail_core,
@@ -117,7 +116,7 @@ def _stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str
     return MessageStreamManagerGuard(manager, instance, kwargs)
 
 
-class MessageStreamManagerGuard(wrapt.ObjectProxy[Any]):
+class MessageStreamManagerGuard(ObjectProxy):
     """Puts the guard inside the MessageStream (its ``_raw_stream``), so ``text_stream``,
     ``get_final_message()``, ``until_done()`` and ``close()`` all pass through it."""
 
@@ -163,7 +162,7 @@ class MessageStreamManagerGuard(wrapt.ObjectProxy[Any]):
         return await self.__wrapped__.__aexit__(*exc_info)
 
 
-class SyncHelperGuard(wrapt.ObjectProxy[Any]):
+class SyncHelperGuard(ObjectProxy):
     """The MessageStream the application holds: dropping it closes the upstream at once
     (the helper itself is in a reference cycle that only the cyclic GC would break)."""
 
@@ -192,7 +191,7 @@ class SyncHelperGuard(wrapt.ObjectProxy[Any]):
             )
 
 
-class AsyncHelperGuard(wrapt.ObjectProxy[Any]):
+class AsyncHelperGuard(ObjectProxy):
     """The AsyncMessageStream the application holds; see ``SyncHelperGuard``."""
 
     def __init__(self, helper: Any, core: StreamCore) -> None:

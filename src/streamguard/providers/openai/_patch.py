@@ -12,7 +12,9 @@ from streamguard.providers.openai._meters import ChatMeter, ResponsesMeter
 __all__ = ["OpenAIPatcher"]
 
 PROVIDER = "openai"
-_CHAT = "openai.resources.chat.completions.completions"
+# The package re-exports the chat Completions classes, defined in a module in older openai (1.40)
+# and in a subpackage (``...chat.completions.completions``) in newer: the package finds both.
+_CHAT = "openai.resources.chat"
 _RESPONSES = "openai.resources.responses.responses"
 _COMPLETIONS = "openai.resources.completions"
 _HELPERS = (
@@ -109,6 +111,8 @@ async def _then(first: Any, wrapped: Any, args: tuple[Any, ...], kwargs: dict[st
 class OpenAIPatcher(Patcher):
     name = "openai"
     distribution = "openai"
+    # 1.40.0 (chat Completions in a module, no Responses API) and the newest 3.x are both
+    # tested: `make compat` and `make test`.
     supported = ("1.40", "4")
 
     def targets(self) -> list[tuple[str, str, Any]]:
