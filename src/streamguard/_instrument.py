@@ -67,6 +67,14 @@ def instrument(
             billing=billing,
         )
         previous = set_runtime(runtime)
+        # Load the price tables now, off the application's threads, rather than on the thread
+        # that happens to finalize the first stream (~90 ms).
+        threading.Thread(
+            target=runtime.pricing.price,
+            args=("openai", "gpt-4o"),
+            name="streamguard-warmup",
+            daemon=True,
+        ).start()
         if previous is not None:
             previous.shutdown()
         from streamguard.providers import all_patchers
