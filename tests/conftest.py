@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -110,10 +109,6 @@ def _no_leftover_threads() -> Iterator[None]:
     yield
     gc.unfreeze()
     stop_background_loop()
-
-
-def threads_named(prefix: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
 
 
 def _free_port() -> int:

@@ -316,10 +316,6 @@ class StreamCore:
                 self.usage_exact = output_tokens
 
     # ------------------------------------------------------------------------ stopping
-    @property
-    def stopped(self) -> bool:
-        return self.stop_reason is not None
-
     def request_stop(
         self,
         reason: StopReason,

@@ -70,9 +70,10 @@ class _CountingQueue(asyncio.Queue[Any]):
 class StreamSession(StreamHandle):
     """One producer's stream under a guard: bounded, counted, cancellable, with a receipt.
 
-    ``N`` bounds units produced but not yet taken; ``M`` bounds units taken but not yet
-    acknowledged (``async for`` acknowledges a unit when it asks for the next one; ``get()``
-    plus ``ack()`` do it explicitly). ``stats`` is updated live.
+    ``N`` (default ``max_buffered``) bounds units produced but not yet taken; ``M`` (default
+    ``max_inflight``) bounds units taken but not yet acknowledged (``async for`` acknowledges
+    a unit when it asks for the next one; ``get()`` plus ``ack()`` do it explicitly).
+    ``stats`` is updated live.
     """
 
     __slots__ = (
@@ -95,8 +96,8 @@ class StreamSession(StreamHandle):
     def __init__(
         self,
         producer: Producer,
-        N: int = 64,
-        M: int = 8,
+        N: int | None = None,
+        M: int | None = None,
         stats: dict[str, Any] | None = None,
         *,
         provider: str = "custom",
@@ -110,13 +111,16 @@ class StreamSession(StreamHandle):
         cancel_grace: float | None = None,
         runtime: Any = None,
     ) -> None:
-        if N < 1 or M < 1:
-            raise ValueError("N and M must be at least 1.")
         if runtime is None:
             from streamguard._runtime import get_runtime
 
             runtime = get_runtime()
         opts = runtime.options
+        # Unset bounds come from the configuration (STREAMGUARD_MAX_BUFFERED / _MAX_INFLIGHT).
+        N = opts.max_buffered if N is None else N
+        M = opts.max_inflight if M is None else M
+        if N < 1 or M < 1:
+            raise ValueError("N and M must be at least 1.")
         core = StreamCore(
             runtime,
             provider=provider,

@@ -40,10 +40,6 @@ def to_nano(usd: Decimal) -> int:
     return math.ceil(usd * NANO)
 
 
-def from_nano(nano: int) -> Decimal:
-    return Decimal(nano) / NANO
-
-
 class StoreUnavailable(Exception):
     """The budget store could not be reached (Redis down): the budget fails open or closed."""
 
