@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from streamguard._engine.core import HIDE, StreamCore
 from streamguard._engine.reasons import StopReason
@@ -91,14 +91,23 @@ class _Driver:
         self._errored = True
         return stop_error(self.core)
 
-    def _upstream_failed(self, exc: BaseException, cancelled: bool) -> BaseException | None:
-        """An exception at the read boundary: stop the stream; return what to raise instead."""
+    def _raise_failed(self, exc: BaseException) -> NoReturn:
+        """An exception at the read boundary: stop the stream, then raise it (or, when the
+        guard had already cut the stream and the SDK only noticed, the stop's exception)."""
+        replacement = self._upstream_failed(exc)
+        if replacement is not None and replacement is not exc:
+            raise replacement from exc
+        raise exc
+
+    def _upstream_failed(self, exc: BaseException) -> BaseException | None:
+        """Stop the stream for ``exc``; return what to raise instead, if anything."""
         core = self.core
         core.in_read = False
         if core.stop_reason is not None and not isinstance(exc, asyncio.CancelledError):
             # The guard cut the stream (deadline, cancel from elsewhere) and the SDK noticed.
             return self._after_stop() or exc
-        if cancelled or not isinstance(exc, Exception):
+        # Cancellation (CancelledError, KeyboardInterrupt...) is an outcome, not an error.
+        if not isinstance(exc, Exception):
             core.request_stop(
                 StopReason.CONSUMER_CANCELLED, f"{type(exc).__name__} at the read boundary"
             )
@@ -145,10 +154,7 @@ class SyncDriver(_Driver):
                 raise
             raise self._after_stop() or StopIteration from None
         except BaseException as exc:
-            replacement = self._upstream_failed(exc, cancelled=False)
-            if replacement is not None and replacement is not exc:
-                raise replacement from exc
-            raise
+            self._raise_failed(exc)
         core.in_read = False
         if tokens >= 0:
             if not core.admit(tokens, chunk):
@@ -204,11 +210,7 @@ class AsyncDriver(_Driver):
                 raise
             raise self._after_stop() or StopAsyncIteration from None
         except BaseException as exc:
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            replacement = self._upstream_failed(exc, cancelled=cancelled)
-            if replacement is not None and replacement is not exc:
-                raise replacement from exc
-            raise
+            self._raise_failed(exc)
         core.in_read = False
         if tokens >= 0:
             if core.async_checks is None:

@@ -78,10 +78,7 @@ class HoldbackSyncDriver(SyncDriver):
                 self._end_of_stream()
                 continue
             except BaseException as exc:
-                replacement = self._upstream_failed(exc, cancelled=False)
-                if replacement is not None and replacement is not exc:
-                    raise replacement from exc
-                raise
+                self._raise_failed(exc)
             core.in_read = False
             try:
                 tokens = self.meter(chunk)
@@ -144,12 +141,7 @@ class HoldbackAsyncDriver(AsyncDriver):
                 self._ait = _empty()
                 continue
             except BaseException as exc:
-                replacement = self._upstream_failed(
-                    exc, cancelled=isinstance(exc, asyncio.CancelledError)
-                )
-                if replacement is not None and replacement is not exc:
-                    raise replacement from exc
-                raise
+                self._raise_failed(exc)
             core.in_read = False
             try:
                 tokens = self.meter(chunk)
