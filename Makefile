@@ -1,17 +1,35 @@
 # One task runner. `make test` works on a fresh machine with Python 3.11 and pip.
+#
+# Every venv the tests use is installed from a lock in requirements/ (uv pip sync, hashes
+# checked), so a fresh clone gets exactly the releases of the last green run; `make lock`
+# moves the locks to today's newest releases, and `make test-newest` runs the suite on the
+# newest releases outside the lock. pyproject.toml keeps the library's own ranges.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/test.txt
+# The locks are for this project's machine kind: CPython 3.11 on x86_64 Linux.
+UV_COMPILE = VIRTUAL_ENV=$(VENV) $(UV) pip compile -q --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu
+# Install a lock into the venv $(1), then the project itself (no deps: they are in the lock;
+# hatchling is in the lock too, so the build is locked as well).
+define uv_sync
+VIRTUAL_ENV=$(1) $(UV) pip sync -q --require-hashes $(2)
+VIRTUAL_ENV=$(1) $(UV) pip install -q --no-deps --no-build-isolation -e .
+endef
 
-.PHONY: install system-deps demo test lint typecheck pytest bench bench-quick clean dashboards
+.PHONY: install system-deps demo test lint typecheck pytest bench bench-quick clean dashboards \
+	lock test-newest
 
+# pip installs only uv (pinned, hash-checked); uv installs everything else from the lock.
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --require-hashes -r requirements/bootstrap.txt
 
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[test]'
+$(STAMP): $(PY) $(LOCK) pyproject.toml
+	$(call uv_sync,$(VENV),$(LOCK))
 	touch $(STAMP)
 
 # Real components the tests use, from Debian, installed when missing (CI runs as root).
@@ -56,7 +74,31 @@ dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NEWEST_VENV) $(E2E_VENV) $(COMPAT_VENV) build dist .pytest_cache \
+		.mypy_cache .ruff_cache
+
+# Move every lock to the newest releases the ranges allow (--refresh: no stale index cache).
+# The compat locks keep their == pins of the oldest SDKs; everything around them moves.
+lock: $(PY)
+	$(UV_COMPILE) --upgrade --refresh -o $(LOCK) pyproject.toml requirements/tools.in --extra test
+	$(UV_COMPILE) -o requirements/bootstrap.txt requirements/bootstrap.in -c $(LOCK)
+	$(UV_COMPILE) --upgrade -o requirements/e2e.txt --no-emit-package llama-cpp-python \
+		pyproject.toml requirements/tools.in requirements/e2e.in \
+		--extra openai --extra ollama --extra testing
+	$(foreach env,$(COMPAT_ENVS),$(UV_COMPILE) --upgrade -o requirements/compat/$(env).txt \
+		pyproject.toml requirements/tools.in requirements/compat/$(env).in \
+		$(foreach extra,$(COMPAT_EXTRAS_$(env)),--extra $(extra)) &&) true
+
+# The suite on the newest release of every dependency (SDKs, OTel, frameworks), outside the
+# lock, so drift is seen the day it happens. A fresh venv each run.
+NEWEST_VENV ?= .venv-newest
+test-newest: $(PY) system-deps
+	rm -rf $(NEWEST_VENV)
+	$(UV) venv -q -p $(PYTHON) $(NEWEST_VENV)
+	VIRTUAL_ENV=$(NEWEST_VENV) $(UV) pip install -q --refresh --upgrade -e '.[test]'
+	@VIRTUAL_ENV=$(NEWEST_VENV) $(UV) pip list 2>/dev/null | grep -E -i \
+		'^(openai|anthropic|ollama|google-genai|mistralai|opentelemetry-(api|sdk|instrumentation)|wrapt|httpx2?) '
+	$(NEWEST_VENV)/bin/python -m pytest -q
 
 # The real-model tier (tests_e2e/README.md): a llama.cpp server running a random-weight model
 # written at test time, driven by the real SDKs. Its own venv, so `make test` never depends on
@@ -68,15 +110,16 @@ LINTED    += $(wildcard tests_e2e)
 
 .PHONY: e2e
 
-$(E2E_PY):
-	$(PYTHON) -m venv $(E2E_VENV)
+$(E2E_PY): $(PY)
+	$(UV) venv -q -p $(PYTHON) $(E2E_VENV)
 	echo '*' > $(E2E_VENV)/.gitignore
-	$(E2E_PY) -m pip install -q --upgrade pip
 
-$(E2E_STAMP): $(E2E_PY) pyproject.toml scripts/llama_wheel.sh
-	wheel=$$(bash scripts/llama_wheel.sh $(E2E_PY)) && \
-	$(E2E_PY) -m pip install -q -e '.[openai,ollama,testing]' "$$wheel[server]" \
-		'gguf>=0.10' 'numpy>=1.26' 'pytest>=8' 'pytest-timeout>=2.3' 'pytest-asyncio>=0.24'
+# The lock leaves out llama-cpp-python itself: its wheel is built here for this CPU.
+$(E2E_STAMP): $(E2E_PY) requirements/e2e.txt pyproject.toml scripts/llama_wheel.sh
+	wheel=$$(bash scripts/llama_wheel.sh $(PYTHON)) && \
+	VIRTUAL_ENV=$(E2E_VENV) $(UV) pip sync -q --require-hashes requirements/e2e.txt && \
+	VIRTUAL_ENV=$(E2E_VENV) $(UV) pip install -q --no-deps "$$wheel" && \
+	VIRTUAL_ENV=$(E2E_VENV) $(UV) pip install -q --no-deps --no-build-isolation -e .
 	touch $(E2E_STAMP)
 
 e2e: $(E2E_STAMP)
@@ -90,30 +133,25 @@ e2e: $(E2E_STAMP)
 # instrumentation package requires wrapt<2: wrapt's own oldest end, 1.16, runs there.
 # Each venv runs only the providers pinned in it (-k); anthropic (on httpx2) runs in httpx-0.28.
 COMPAT_VENV  ?= .venv-compat
-COMPAT_NEW   := $(COMPAT_VENV)/httpx-0.28
-COMPAT_OLD   := $(COMPAT_VENV)/httpx-0.27
 COMPAT_TESTS := tests/providers tests/test_instrument.py tests/test_provider_telemetry.py
+# One venv per lock requirements/compat/NAME.txt (compiled from NAME.in, the oldest pins, plus
+# the extras named here); each runs the tests named here, selected by -k.
+COMPAT_ENVS := httpx-0.28 httpx-0.27
+COMPAT_EXTRAS_httpx-0.28 := test
+COMPAT_EXTRAS_httpx-0.27 := openai anthropic ollama testing
+COMPAT_RUN_httpx-0.28 := $(COMPAT_TESTS) tests/test_gemini_mistral.py -k 'not openai and not ollama'
+COMPAT_RUN_httpx-0.27 := $(COMPAT_TESTS) -k 'not anthropic and not gemini and not mistral'
 
-.PHONY: compat
+.PHONY: compat $(addprefix compat-,$(COMPAT_ENVS))
 
-$(COMPAT_NEW)/bin/python $(COMPAT_OLD)/bin/python: %/bin/python:
-	$(PYTHON) -m venv $*
+$(COMPAT_VENV)/%/.installed: requirements/compat/%.txt pyproject.toml | $(PY)
+	rm -rf $(COMPAT_VENV)/$*
+	$(UV) venv -q -p $(PYTHON) $(COMPAT_VENV)/$*
 	echo '*' > $(COMPAT_VENV)/.gitignore
-	$*/bin/python -m pip install -q --upgrade pip
-
-$(COMPAT_NEW)/.installed: $(COMPAT_NEW)/bin/python pyproject.toml Makefile
-	$(COMPAT_NEW)/bin/python -m pip install -q -e '.[test]' \
-		anthropic==2.0.0 google-genai==2.0.0 mistralai==2.0.0 wrapt==1.16.0
+	$(call uv_sync,$(COMPAT_VENV)/$*,$<)
 	touch $@
 
-$(COMPAT_OLD)/.installed: $(COMPAT_OLD)/bin/python pyproject.toml Makefile
-	$(COMPAT_OLD)/bin/python -m pip install -q -e '.[openai,anthropic,ollama,testing]' \
-		openai==1.40.0 ollama==0.4.0 anthropic==2.0.0 \
-		'pytest>=8' 'pytest-timeout>=2.3' 'pytest-asyncio>=0.24'
-	touch $@
+compat-%: $(COMPAT_VENV)/%/.installed
+	$(COMPAT_VENV)/$*/bin/python -m pytest -q $(COMPAT_RUN_$*)
 
-compat: $(COMPAT_NEW)/.installed $(COMPAT_OLD)/.installed
-	$(COMPAT_NEW)/bin/python -m pytest -q $(COMPAT_TESTS) tests/test_gemini_mistral.py \
-		-k 'not openai and not ollama'
-	$(COMPAT_OLD)/bin/python -m pytest -q $(COMPAT_TESTS) \
-		-k 'not anthropic and not gemini and not mistral'
+compat: $(addprefix compat-,$(COMPAT_ENVS))

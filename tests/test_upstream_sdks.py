@@ -3,7 +3,7 @@ helpers, and each fault as the exception the SDK raises for it against the real 
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import subprocess
 import sys
@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
-import httpx
-import httpx2
 import ollama
 import openai
 import pytest
 
+import streamguard
+from streamguard._receipts.signing import HmacSigner
 from streamguard.testing import Fault, RequestRecord, Upstream, expected_text
+from streamguard.testing.sinks import InMemoryReceiptSink
 
 INTERVAL = 0.005
 N = 5  # tokens per answer in these tests
@@ -385,71 +386,22 @@ CONSUMERS: dict[str, Callable[[Upstream], list[str]]] = {
 }
 
 
-def expected_error(provider: str, fault: str) -> type[BaseException]:
-    """What each SDK raises, as measured against this upstream (and as it does in production):
-    only openai wraps a broken connection in its own exception; a malformed chunk surfaces as
-    the JSON or validation error of the SDK's parser."""
-    errors: Any
-    by_fault: dict[str, type[BaseException]]
-    if provider == "gemini":
-        errors = genai_module().errors
-        by_fault = {
-            "reset": httpx2.ReadError,
-            "malformed": errors.UnknownApiResponseError,
-            "429": errors.ClientError,
-            "500": errors.ServerError,
-        }
-        return by_fault[fault]
-    if provider == "mistral":
-        errors = pytest.importorskip("mistralai.client.errors")
-        by_fault = {
-            "reset": httpx2.ReadError,
-            "malformed": errors.ResponseValidationError,
-            "429": errors.SDKError,
-            "500": errors.SDKError,
-        }
-        return by_fault[fault]
-    table: dict[str, dict[str, type[BaseException]]] = {
-        "openai": {
-            "reset": openai.APIConnectionError,
-            "malformed": json.JSONDecodeError,
-            "429": openai.RateLimitError,
-            "500": openai.InternalServerError,
-        },
-        "anthropic": {
-            "reset": httpx2.ReadError,
-            "malformed": json.JSONDecodeError,
-            "429": anthropic.RateLimitError,
-            "500": anthropic.InternalServerError,
-        },
-        "ollama": {
-            "reset": httpx.ReadError,
-            "malformed": json.JSONDecodeError,
-            "429": ollama.ResponseError,
-            "500": ollama.ResponseError,
-        },
-    }
-    return table[provider][fault]
-
-
 FAULTS = {
-    "reset": (Fault("reset", after_tokens=2), "reset"),
-    "stall": (Fault("stall", after_tokens=2, seconds=0.15), "reset"),
-    "malformed": (Fault("malformed", after_tokens=2), "malformed"),
-    "http_429": (Fault("http_error", status=429), "429"),
-    "http_500": (Fault("http_error", status=500), "500"),
+    "reset": Fault("reset", after_tokens=2),
+    "stall": Fault("stall", after_tokens=2, seconds=0.15),
+    "malformed": Fault("malformed", after_tokens=2),
+    "http_429": Fault("http_error", status=429),
+    "http_500": Fault("http_error", status=500),
 }
 
 
-@pytest.mark.parametrize("fault_name", list(FAULTS))
-@pytest.mark.parametrize("provider", list(CONSUMERS))
-def test_fault_is_raised_as_the_sdk_error(up: Upstream, provider: str, fault_name: str) -> None:
-    fault, error_kind = FAULTS[fault_name]
-    error = expected_error(provider, error_kind)
-    up.add_fault(fault)
-    started = time.monotonic()
-    with pytest.raises(error):
-        CONSUMERS[provider](up)
+def raised_by(consume: Callable[[], object]) -> Exception:
+    with pytest.raises(Exception) as info:  # noqa: PT011 (which one is what the SDK decides)
+        consume()
+    return info.value
+
+
+def check_fault_record(up: Upstream, fault: Fault, started: float) -> None:
     (record,) = finished(up)
     assert record.fault == fault
     if fault.kind in ("reset", "stall"):
@@ -466,6 +418,46 @@ def test_fault_is_raised_as_the_sdk_error(up: Upstream, provider: str, fault_nam
         # The SDK's parser raised inside the stream, which closed the response: generation
         # stopped (or the short answer had already finished).
         assert record.outcome in ("disconnected", "completed")
+
+
+def sdk_modules(provider: str) -> tuple[str, ...]:
+    """Where an SDK's errors may come from: the SDK itself, its HTTP stack, its parsers."""
+    own = {"gemini": "google", "mistral": "mistralai"}.get(provider, provider)
+    return (own, "httpx", "httpx2", "httpcore", "httpcore2", "json", "pydantic", "pydantic_core")
+
+
+@pytest.mark.parametrize("fault_name", list(FAULTS))
+@pytest.mark.parametrize("provider", list(CONSUMERS))
+def test_fault_reaches_the_app_as_the_same_sdk_error_guarded_or_not(
+    up: Upstream, sink: InMemoryReceiptSink, provider: str, fault_name: str
+) -> None:
+    """Each upstream fault surfaces as whatever the SDK raises for it (which release raises
+    what is the SDK's business: nothing here names a class), and StreamGuard changes nothing:
+    the same exception type, message and status, in the same run."""
+    fault = FAULTS[fault_name]
+    consume = functools.partial(CONSUMERS[provider], up)
+    up.add_fault(fault)
+    started = time.monotonic()
+    plain = raised_by(consume)
+    check_fault_record(up, fault, started)
+    assert type(plain).__module__.split(".")[0] in sdk_modules(provider), repr(plain)
+
+    up.reset()
+    up.add_fault(fault)
+    streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="test"))
+    try:
+        started = time.monotonic()
+        guarded = raised_by(consume)
+        check_fault_record(up, fault, started)
+        (receipt,) = sink.wait_for(1, 5.0)
+    finally:
+        streamguard.uninstrument()
+    assert (type(guarded), str(guarded), getattr(guarded, "status_code", None)) == (
+        type(plain),
+        str(plain),
+        getattr(plain, "status_code", None),
+    )
+    assert (receipt.outcome, receipt.reason) == ("failed", "upstream_error")
 
 
 @pytest.mark.parametrize("provider", list(CONSUMERS))

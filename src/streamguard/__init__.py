@@ -22,6 +22,7 @@ from streamguard._telemetry.setup import configure_otel
 from streamguard.exceptions import (
     BudgetExceeded,
     ConfigurationError,
+    MissingExtraError,
     ReceiptVerificationError,
     StreamBlocked,
     StreamCancelled,
@@ -40,6 +41,7 @@ __all__ = [
     "GuardedAsyncIterator",
     "GuardedIterator",
     "InMemoryBudgetStore",
+    "MissingExtraError",
     "Options",
     "Outcome",
     "Price",

@@ -23,6 +23,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streamguard._extras import require
+from streamguard.exceptions import MissingExtraError
+
 _WINDOW_S = 1.0
 _TOKEN_INTERVAL = 0.02
 _PROMPT = [{"role": "user", "content": "Explain backpressure in async systems."}]
@@ -95,7 +98,22 @@ def _guarded_now() -> bool:
     return streamguard.is_instrumented()
 
 
+_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "ollama": "ollama"}
+
+
+def _installed_providers() -> list[str]:
+    """The demo's SDKs that are installed; at least one, or a one-line hint."""
+    import importlib.util
+
+    found = [name for name, module in _PROVIDERS.items() if importlib.util.find_spec(module)]
+    if not found:
+        raise MissingExtraError("streamguard demo (openai, anthropic or ollama)", "demo")
+    return found
+
+
 def _run_local(console: Console) -> tuple[list[_Row], Any]:
+    require("uvicorn", feature="streamguard demo (the embedded upstream)", extra="demo")
+    providers = _installed_providers()
     import streamguard
     from streamguard.testing import Upstream
     from streamguard.testing.sinks import InMemoryReceiptSink
@@ -107,7 +125,7 @@ def _run_local(console: Console) -> tuple[list[_Row], Any]:
             if guarded:
                 streamguard.instrument(sinks=[sink], ledger_path=_ledger_path())
             try:
-                for provider in ("openai", "anthropic", "ollama"):
+                for provider in providers:
                     before = len(up.requests)
                     stopped, stream = asyncio.run(_scenario(provider, up.url, None))
                     record = up.requests[before]
@@ -188,6 +206,7 @@ def _run_remote(url: str, model: str | None) -> tuple[list[_Row], Any]:
     import streamguard
     from streamguard.testing.sinks import InMemoryReceiptSink
 
+    require("ollama", feature="streamguard demo --upstream (a real Ollama)", extra="ollama")
     sink = InMemoryReceiptSink()
     streamguard.instrument(sinks=[sink], ledger_path=_ledger_path())
     try:

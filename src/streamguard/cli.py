@@ -9,7 +9,17 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; a missing extra or bad configuration is one line on stderr, exit 2."""
+    from streamguard.exceptions import ConfigurationError
+
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except ConfigurationError as exc:  # MissingExtraError included
+        print(f"streamguard: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="streamguard", description="StreamGuard: stops LLM token bleed."
     )

@@ -8,6 +8,8 @@
     │   └── StreamBlocked             a streaming policy blocked the output
     ├── ReceiptVerificationError      a receipt failed its hash, signature or chain check
     └── ConfigurationError            bad configuration, raised at set-up (also a ValueError)
+        └── MissingExtraError         an optional feature's extra is not installed (also an
+                                      ImportError): the message names the pip install to run
 
     EphemeralKeyWarning               (a UserWarning) receipts are signed with a throw-away key
 
@@ -22,6 +24,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigurationError",
     "EphemeralKeyWarning",
+    "MissingExtraError",
     "ReceiptVerificationError",
     "StreamBlocked",
     "StreamCancelled",
@@ -93,6 +96,21 @@ class ConfigurationError(StreamGuardError, ValueError):
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class MissingExtraError(ConfigurationError, ModuleNotFoundError):
+    """An optional feature needs a package that is not installed.
+
+    The message is one line naming the extra to install, e.g.
+    ``configure_otel() needs the OTel SDK and OTLP exporters: pip install "streamguard[otlp]"``.
+    It is also a ``ModuleNotFoundError``, so code that probes for a feature with
+    ``except ImportError`` keeps working.
+    """
+
+    def __init__(self, feature: str, extra: str, *, missing: str | None = None) -> None:
+        super().__init__(f'{feature} needs the "{extra}" extra: pip install "streamguard[{extra}]"')
+        self.extra = extra
+        self.name = missing
 
 
 class EphemeralKeyWarning(UserWarning):

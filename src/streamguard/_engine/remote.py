@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from streamguard._engine.handle import to_reason
+from streamguard._extras import require
 
 if TYPE_CHECKING:
     from streamguard._runtime import Runtime
@@ -24,6 +25,7 @@ CHANNEL = "streamguard:cancel"
 
 class RemoteCancel:
     def __init__(self, url: str, runtime: Runtime) -> None:
+        require("redis", feature="Cross-process cancel (STREAMGUARD_REDIS_URL)", extra="redis")
         import redis
 
         self._client: Any = redis.Redis.from_url(url, socket_connect_timeout=1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamguard._extras import require
 from streamguard._money.budget import StoreUnavailable
 
 __all__ = ["RedisBudgetStore"]
@@ -48,6 +49,7 @@ class RedisBudgetStore:
     def __init__(
         self, url: str, *, prefix: str = "streamguard:budget:", timeout: float = 0.5
     ) -> None:
+        require("redis", feature="A Redis budget store (STREAMGUARD_REDIS_URL)", extra="redis")
         import redis
 
         self._client: Any = redis.Redis.from_url(

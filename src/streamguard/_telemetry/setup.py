@@ -7,6 +7,8 @@ from typing import Any
 
 from opentelemetry import _logs, metrics, trace
 
+from streamguard._extras import require
+
 __all__ = ["configure_otel"]
 
 
@@ -24,6 +26,14 @@ def configure_otel(
         streamguard.configure_otel(service_name="chat-api")
         streamguard.instrument()
     """
+    proto = protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    exporter = "grpc" if proto == "grpc" else "http"
+    require(
+        "opentelemetry.sdk",
+        f"opentelemetry.exporter.otlp.proto.{exporter}",
+        feature="configure_otel() (the OTel SDK and OTLP exporters)",
+        extra="otlp",
+    )
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.metrics import MeterProvider
@@ -32,7 +42,6 @@ def configure_otel(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    proto = protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     if proto == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

@@ -20,9 +20,14 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.concurrency import iterate_in_threadpool
-from starlette.responses import StreamingResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from streamguard.exceptions import MissingExtraError
+
+try:
+    from starlette.concurrency import iterate_in_threadpool
+    from starlette.responses import StreamingResponse
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+except ModuleNotFoundError:  # one line naming the extra, not a traceback from deep inside
+    raise MissingExtraError("streamguard.integrations.fastapi", "fastapi") from None
 
 from streamguard._engine.handle import cancel_stream
 from streamguard.exceptions import BudgetExceeded, StreamBlocked, StreamCancelled
@@ -143,7 +148,10 @@ def cancel_router(prefix: str = "") -> Any:
 
     With ``STREAMGUARD_REDIS_URL`` set the cancel reaches the stream in any replica.
     """
-    from fastapi import APIRouter, HTTPException
+    try:
+        from fastapi import APIRouter, HTTPException
+    except ModuleNotFoundError:
+        raise MissingExtraError("cancel_router()", "fastapi") from None
 
     router = APIRouter(prefix=prefix)
 

@@ -53,7 +53,12 @@ import socket
 import threading
 import time
 
-import uvicorn
+from streamguard.exceptions import MissingExtraError
+
+try:
+    import uvicorn
+except ModuleNotFoundError:  # one line naming the extra, not a traceback from deep inside
+    raise MissingExtraError("streamguard.testing's upstream", "testing") from None
 
 from streamguard.testing._wire_common import expected_text, token_text
 from streamguard.testing._wire_records import Fault, FaultKind, RequestRecord
