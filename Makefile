@@ -79,13 +79,15 @@ clean:
 
 # Move every lock to the newest releases the ranges allow (--refresh: no stale index cache).
 # The compat locks keep their == pins of the oldest SDKs; everything around them moves.
+# `make lock LOCK_FLAGS=` only adds what pyproject.toml gained, keeping every other pin.
+LOCK_FLAGS ?= --upgrade --refresh
 lock: $(PY)
-	$(UV_COMPILE) --upgrade --refresh -o $(LOCK) pyproject.toml requirements/tools.in --extra test
+	$(UV_COMPILE) $(LOCK_FLAGS) -o $(LOCK) pyproject.toml requirements/tools.in --extra test
 	$(UV_COMPILE) -o requirements/bootstrap.txt requirements/bootstrap.in -c $(LOCK)
-	$(UV_COMPILE) --upgrade -o requirements/e2e.txt --no-emit-package llama-cpp-python \
+	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/e2e.txt --no-emit-package llama-cpp-python \
 		pyproject.toml requirements/tools.in requirements/e2e.in \
 		--extra openai --extra ollama --extra testing
-	$(foreach env,$(COMPAT_ENVS),$(UV_COMPILE) --upgrade -o requirements/compat/$(env).txt \
+	$(foreach env,$(COMPAT_ENVS),$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/compat/$(env).txt \
 		pyproject.toml requirements/tools.in requirements/compat/$(env).in \
 		$(foreach extra,$(COMPAT_EXTRAS_$(env)),--extra $(extra)) &&) true
 

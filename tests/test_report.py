@@ -161,14 +161,18 @@ def test_loki_and_otlp_exports_of_the_same_receipts_count_once(ledger_file, tmp_
     assert both.total.spend == alone.total.spend
 
 
-def test_lines_without_receipts_are_skipped_and_reported(ledger_file, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_lines_without_receipts_are_reported_one_by_one_and_exit_1(
+    ledger_file, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
     path, _ = ledger_file
     noisy = tmp_path / "noisy.jsonl"
     noisy.write_text('not json\n{"message": "hello"}\n\n' + path.read_text())
-    assert main(["report", str(noisy)]) == 0
+    assert main(["report", str(noisy)]) == 1  # bad input, but the rest is still summarized
     out, err = capsys.readouterr()
     assert "60 stream(s)" in out
-    assert f"2 line(s) or receipt(s) skipped, first: {noisy}:1:" in err
+    assert f"{noisy}:1: the line is not valid JSON" in err
+    assert f"{noisy}:2: the line holds no receipt" in err
+    assert "2 bad line(s) or receipt(s) skipped" in err
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
 
 

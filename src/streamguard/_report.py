@@ -10,8 +10,16 @@ Guarantees
       a total, and ``--json`` writes totals as exact decimal strings.
     - A receipt seen twice (the ledger and Loki, a log record and its span event) counts once:
       receipts are keyed by (ledger_id, seq, hash).
-    - Lines that hold no receipt, and receipts that do not parse, are counted and reported, not
-      fatal. A file that cannot be read exits with status 2.
+    - Input is untrusted (see ``streamguard._receipts._untrusted``): lines are read bounded
+      (16 MiB) and strictly as UTF-8; every line that holds no receipt, and every receipt that
+      does not parse, is reported on stderr as one line (file:line: why), never a traceback,
+      and the exit status is 1; the summary of the good receipts is still printed (and
+      written with ``--html``). A file that cannot be read exits with status 2.
+    - Receipt fields never reach the terminal as markup or control characters (rich ``Text``,
+      escapes for non-printable characters); ``--json`` is plain ASCII JSON; the HTML page
+      escapes every text.
+    - An amount of more than ``MAX_MONEY_CHARS`` characters is not plausible: that receipt is
+      reported and skipped (sums are exact for any number of receipts within that bound).
     - Signatures and the chain are not checked here: that is ``streamguard verify``.
     - Inputs longer than ``PROGRESS_LINES`` lines show a progress bar on stderr.
 
@@ -24,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from decimal import Context, Decimal
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from streamguard._receipts._untrusted import numbered_lines, terminal_safe
 from streamguard._receipts.exports import NotAReceipt, receipts_in_line
 from streamguard._receipts.model import Receipt
 from streamguard.exceptions import ReceiptVerificationError
@@ -38,12 +48,24 @@ from streamguard.exceptions import ReceiptVerificationError
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["PROGRESS_LINES", "Bucket", "Summary", "report_main", "summarize", "summarize_files"]
+__all__ = [
+    "PROGRESS_LINES",
+    "Bucket",
+    "Summary",
+    "report_main",
+    "summarize",
+    "summarize_binary",
+    "summarize_files",
+]
 
 PROGRESS_LINES = 20_000
 """Inputs with more lines than this show a progress bar (on stderr)."""
 
 ZERO = Decimal(0)
+MAX_MONEY_CHARS = 40
+"""The longest money string accepted (a receipt's amounts are ~10-20 characters)."""
+# Enough digits that sums of amounts within MAX_MONEY_CHARS never round, however many.
+_EXACT = Context(prec=120)
 
 
 @dataclass(slots=True)
@@ -66,9 +88,10 @@ class Bucket:
         self.streams += 1
         if cost.input is None and cost.output is None:
             self.unpriced += 1
-        self.spend += _money(cost.input) + _money(cost.output)
-        self.prevented += _money(cost.prevented_estimate)
-        self.undelivered += _money(cost.undelivered)
+        add = _EXACT.add
+        self.spend = add(self.spend, add(_money(cost.input), _money(cost.output)))
+        self.prevented = add(self.prevented, _money(cost.prevented_estimate))
+        self.undelivered = add(self.undelivered, _money(cost.undelivered))
         self.tokens_input += tokens.input or 0
         self.tokens_produced += tokens.produced
         self.tokens_undelivered += tokens.undelivered
@@ -107,7 +130,18 @@ class Summary:
     _seen: set[tuple[str, int, str]] = field(default_factory=set, repr=False)
 
     def add(self, receipt: Receipt) -> None:
-        """Count ``receipt`` unless the same one was counted already."""
+        """Count ``receipt`` unless the same one was counted already.
+
+        Raises ``ValueError`` (counting nothing) for an implausibly long amount.
+        """
+        cost = receipt.cost
+        for name in ("input", "output", "undelivered", "prevented_estimate"):
+            value = getattr(cost, name)
+            if value is not None and len(value) > MAX_MONEY_CHARS:
+                raise ValueError(
+                    f"cost.{name} has {len(value)} characters, more than any real amount "
+                    f"({MAX_MONEY_CHARS}): not counted"
+                )
         key = (receipt.ledger_id, receipt.seq, receipt.hash)
         if key in self._seen:
             self.duplicates += 1
@@ -128,8 +162,9 @@ class Summary:
         self.last_ns = finalized if self.last_ns is None else max(self.last_ns, finalized)
 
     def skip(self, where: str, reason: str) -> None:
+        """Count a bad line or receipt; the first ``SHOWN_PROBLEMS`` are kept to be printed."""
         self.skipped += 1
-        if len(self.problems) < _SHOWN:
+        if len(self.problems) < SHOWN_PROBLEMS:
             self.problems.append(f"{where}: {reason}")
 
     def to_json(self) -> dict[str, Any]:
@@ -173,19 +208,50 @@ def summarize(
     for number, text in enumerate(lines, 1):
         if on_line is not None:
             on_line()
-        if not text.strip():
-            continue
-        try:
-            found = receipts_in_line(text)
-        except (json.JSONDecodeError, NotAReceipt) as exc:
-            summary.skip(f"{source}:{number}", str(exc))
-            continue
-        for data in found:
-            try:
-                summary.add(Receipt.from_dict(data))
-            except ReceiptVerificationError as exc:
-                summary.skip(f"{source}:{number}", str(exc))
+        _summarize_line(summary, text, f"{source}:{number}")
     return summary
+
+
+def summarize_binary(
+    stream: BinaryIO,
+    *,
+    source: str = "<input>",
+    into: Summary | None = None,
+    on_line: Callable[[], None] | None = None,
+) -> Summary:
+    """``summarize`` for a binary stream: lines read bounded and strictly as UTF-8."""
+    summary = Summary() if into is None else into
+    for number, text, problem in numbered_lines(stream):
+        if on_line is not None:
+            on_line()
+        if problem is not None:
+            summary.skip(f"{source}:{number}", problem)
+        elif text is not None:
+            _summarize_line(summary, text, f"{source}:{number}")
+    return summary
+
+
+def _summarize_line(summary: Summary, text: str, where: str) -> None:
+    if not text.strip():
+        return
+    try:
+        found = receipts_in_line(text)
+    except json.JSONDecodeError as exc:
+        summary.skip(where, f"the line is not valid JSON ({exc.msg})")
+        return
+    except NotAReceipt as exc:
+        summary.skip(where, str(exc))
+        return
+    except Exception as exc:  # untrusted input: any fault is this line's, not the report's
+        summary.skip(where, f"the line could not be read as a receipt ({type(exc).__name__})")
+        return
+    for data in found:
+        try:
+            summary.add(Receipt.from_dict(data))
+        except (ReceiptVerificationError, ValueError) as exc:
+            summary.skip(where, str(exc))
+        except Exception as exc:  # untrusted input: any fault is this receipt's
+            summary.skip(where, f"malformed receipt ({type(exc).__name__})")
 
 
 def summarize_files(
@@ -226,10 +292,14 @@ def summarize_files(
 
 def _feed(path: str, summary: Summary, tick: Callable[[], None] | None) -> None:
     if path == "-":
-        summarize(sys.stdin, source="<stdin>", into=summary, on_line=tick)
+        binary = getattr(sys.stdin, "buffer", None)  # None: a text stream stands in
+        if binary is None:
+            summarize(sys.stdin, source="<stdin>", into=summary, on_line=tick)
+        else:
+            summarize_binary(binary, source="<stdin>", into=summary, on_line=tick)
         return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        summarize(f, source=path, into=summary, on_line=tick)
+    with open(path, "rb") as f:
+        summarize_binary(f, source=path, into=summary, on_line=tick)
 
 
 def _count_lines(path: str) -> int:
@@ -264,7 +334,7 @@ def usd(amount: Decimal) -> str:
     """``$1,234.567891``: at most six decimals, trailing zeros dropped (display only)."""
     if amount == 0:
         return "$0"
-    shown = amount.quantize(Decimal("0.000001"))
+    shown = amount.quantize(Decimal("0.000001"), context=_EXACT)
     text = format(shown, ",f").rstrip("0").rstrip(".")
     return f"${text}" if shown else f"<${Decimal('0.000001')}"
 
@@ -275,8 +345,9 @@ def usd(amount: Decimal) -> str:
 def report_main(argv: Sequence[str] | None = None) -> int:
     """``streamguard report FILE... [--html OUT] [--json] [--title TEXT]``.
 
-    Exit status: 0 with a summary (even of zero receipts), 2 for usage errors or an unreadable
-    file.
+    Exit status: 0 with a summary (even of zero receipts), 1 when a line or receipt of the
+    input was bad (each is named on stderr; the summary of the rest is still printed and
+    written), 2 for usage errors or an unreadable file.
     """
     parser = argparse.ArgumentParser(
         prog="streamguard report",
@@ -296,21 +367,35 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
     from streamguard._report_terminal import print_summary
 
-    # Piped output has no width of its own: wide enough that tables never cut a name.
-    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    # Piped output has no width of its own: wide enough that tables never cut a name (unless
+    # COLUMNS says how wide).
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    out = Console(highlight=False, soft_wrap=True, width=None if wide else 120)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    from rich.text import Text
+
+    def error(message: str) -> None:
+        err.print(Text(terminal_safe(message), style="red"))
+
     try:
         summary = summarize_files(args.files, progress=err)
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        err.print(f"streamguard report: cannot read {exc.filename}: {reason}", style="red")
+        error(
+            f"streamguard report: cannot read {exc.filename}: {exc.strerror or type(exc).__name__}"
+        )
         return 2
     if args.json:
-        out.print_json(json.dumps(summary.to_json()))
+        # Plain ASCII JSON: valid whatever the receipts hold, and inert in a terminal.
+        sys.stdout.write(json.dumps(summary.to_json(), indent=2) + "\n")
+        sys.stdout.flush()
     else:
         print_summary(out, summary, args.title)
-    if summary.problems:
-        err.print(f"{summary.skipped} line(s) or receipt(s) skipped, first: {summary.problems[0]}")
+    for problem in summary.problems:
+        err.print(Text(terminal_safe(problem)))
+    if summary.skipped:
+        more = summary.skipped - len(summary.problems)
+        tail = f" ({more} more not shown)" if more else ""
+        error(f"streamguard report: {summary.skipped} bad line(s) or receipt(s) skipped{tail}")
     if args.html:
         from streamguard._report_html import render_html
 
@@ -318,10 +403,11 @@ def report_main(argv: Sequence[str] | None = None) -> int:
             with open(args.html, "w", encoding="utf-8") as f:
                 f.write(render_html(summary, args.title))
         except OSError as exc:
-            err.print(f"streamguard report: cannot write {args.html}: {exc.strerror}", style="red")
+            error(f"streamguard report: cannot write {args.html}: {exc.strerror}")
             return 2
-        err.print(f"wrote {args.html}")
-    return 0
+        err.print(Text(terminal_safe(f"wrote {args.html}")))
+    return 1 if summary.skipped else 0
 
 
-_SHOWN = 20
+SHOWN_PROBLEMS = 1000
+"""Bad lines named one per line on stderr; beyond this only their number."""

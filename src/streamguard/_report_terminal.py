@@ -1,4 +1,9 @@
-"""The terminal form of ``streamguard report``: a headline and three rich tables."""
+"""The terminal form of ``streamguard report``: a headline and three rich tables.
+
+Names from receipts (models, reasons, outcomes) are untrusted: they are printed as rich ``Text``
+(never parsed as markup, so a model named ``[/]`` or ``[link=...]`` is shown as it is) with
+control characters escaped (``terminal_safe``), so no escape sequence reaches the terminal.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
+from streamguard._receipts._untrusted import terminal_safe
 from streamguard._report import Bucket, Summary, by_spend, money_cell, usd
 
 if TYPE_CHECKING:
@@ -18,7 +24,7 @@ __all__ = ["print_summary"]
 def print_summary(out: Console, summary: Summary, title: str) -> None:
     """Headline totals, then tables by model, by stop reason and by day (UTC)."""
     total = summary.total
-    out.print(Text(title, style="bold"))
+    out.print(Text(terminal_safe(title), style="bold"))
     if total.streams == 0:
         out.print("No receipts found in the input.")
         return
@@ -26,7 +32,7 @@ def print_summary(out: Console, summary: Summary, title: str) -> None:
     outcomes = ", ".join(
         f"{name} {bucket.streams}" for name, bucket in by_spend(summary.by_outcome).items()
     )
-    out.print(f"{total.streams} stream(s), {span} ({outcomes})", markup=False)
+    out.print(Text(terminal_safe(f"{total.streams} stream(s), {span} ({outcomes})")))
     headline = Table.grid(padding=(0, 3))
     for _ in range(3):
         headline.add_column()
@@ -52,7 +58,7 @@ def _table(title: str, key: str, buckets: dict[str, Bucket]) -> Table:
         table.add_column(name, justify="right")
     for name, b in buckets.items():
         table.add_row(
-            name,
+            Text(terminal_safe(name)),
             str(b.streams),
             money_cell(b, b.spend),
             money_cell(b, b.prevented),

@@ -43,3 +43,21 @@ def stop_background_loop(timeout: float = 2.0) -> None:
     thread.join(timeout)
     if not thread.is_alive():
         loop.close()
+
+
+_inherited: list[asyncio.AbstractEventLoop] = []
+
+
+def forget_after_fork() -> None:
+    """In a forked child: the parent's loop thread does not exist here; start afresh on use.
+
+    The parent's loop is kept referenced, never closed or collected in the child: its selector
+    and self-pipe are the parent's (closing them here would only close the child's copies, but
+    a loop that believes it is running refuses to close and warns when collected).
+    """
+    global _lock, _loop, _thread
+    if _loop is not None:
+        _inherited.append(_loop)
+    _lock = threading.Lock()
+    _loop = None
+    _thread = None

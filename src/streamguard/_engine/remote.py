@@ -2,6 +2,8 @@
 
 With ``STREAMGUARD_REDIS_URL`` set, each process subscribes to one channel in a daemon thread
 and stops the streams it holds when their id is published. ``shutdown()`` ends the thread.
+A forked child gets a listener of its own (``restarted``, called from the runtime's at-fork
+hook): its own connections and thread; the parent's are left alone.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ CHANNEL = "streamguard:cancel"
 
 
 class RemoteCancel:
-    def __init__(self, url: str, runtime: Runtime) -> None:
+    def __init__(self, url: str, runtime: Runtime, *, wait: bool = True) -> None:
         require("redis", feature="Cross-process cancel (STREAMGUARD_REDIS_URL)", extra="redis")
         import redis
 
+        self._url = url
         self._client: Any = redis.Redis.from_url(url, socket_connect_timeout=1.0)
         self._runtime = runtime
         self._stop = threading.Event()
@@ -37,7 +40,25 @@ class RemoteCancel:
             target=self._run, name="streamguard-remote-cancel", daemon=True
         )
         self._thread.start()
-        self._ready.wait(2.0)
+        if wait:
+            self._ready.wait(2.0)
+
+    @property
+    def listening(self) -> bool:
+        """The listener subscribed (or gave up because Redis is unreachable)."""
+        return self._ready.is_set()
+
+    def wait_listening(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def restarted(self) -> RemoteCancel:
+        """A listener of a forked child's own: new connections, a new thread, not waited for.
+
+        Call it in the child only. The inherited client and pub/sub connection are dropped,
+        not used: their sockets are the parent's (redis-py never shuts down a socket that
+        another process opened, so collecting them here leaves the parent's subscription be).
+        """
+        return RemoteCancel(self._url, self._runtime, wait=False)
 
     def publish(self, stream_id: str, reason: str, detail: str | None) -> int:
         """Ask every process to stop ``stream_id``; returns how many processes listened."""

@@ -4,7 +4,8 @@ Each budget window is one Redis hash (``spent``, ``reserved`` in integer nano-US
 Lua's doubles up to 9 million USD per key) that
 expires with its window. Reserving and settling are single Lua scripts, so they are atomic
 across processes. A Redis that cannot be reached raises ``StoreUnavailable``, and the budget
-fails open or closed as configured.
+fails open or closed as configured. A forked child builds its own client (connections) in the
+runtime's at-fork hook.
 """
 
 from __future__ import annotations
@@ -52,13 +53,23 @@ class RedisBudgetStore:
         require("redis", feature="A Redis budget store (STREAMGUARD_REDIS_URL)", extra="redis")
         import redis
 
-        self._client: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._url, self._timeout = url, timeout
         self._prefix = prefix
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._connect()
+
+    def _connect(self) -> None:
+        import redis
+
+        self._client: Any = redis.Redis.from_url(
+            self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+        )
         self._reserve = self._client.register_script(_RESERVE)
         self._settle = self._client.register_script(_SETTLE)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+    def _after_fork_in_child(self) -> None:
+        # The inherited pool's sockets are the parent's: a client (and pool) of the child's own.
+        self._connect()
 
     def reserve(self, key: str, amount: int, limit: int, ttl: int | None) -> int:
         try:

@@ -9,8 +9,10 @@ Guarantees of ``Ledger.seal``
     - Never unsigned: the returned receipt carries the signer's signature over its canonical
       bytes, and its ``hash`` is the SHA-256 of those bytes.
 
-Chain order is seal order. A sink that must preserve it on disk (the JSON-lines ledger) should
-be fed in seal order; ``verify`` can sort by seq for exports that reorder records (Loki).
+Chain order is seal order. A sink that must keep it on disk (the JSON-lines ledger) is fed
+inside the chain's critical section through ``seal_bytes(..., then=...)``, so its lines are in
+chain order under any number of threads; ``verify`` can sort by seq for exports that reorder
+records (Loki).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING
 from typing import Any
 
@@ -92,8 +94,16 @@ class Ledger:
         """Seal ``fields`` into the next receipt of this ledger (see ``seal_bytes``)."""
         return self.seal_bytes(fields)[0]
 
-    def seal_bytes(self, fields: Mapping[str, Any]) -> tuple[Receipt, bytes]:
+    def seal_bytes(
+        self,
+        fields: Mapping[str, Any],
+        then: Callable[[Receipt, bytes], None] | None = None,
+    ) -> tuple[Receipt, bytes]:
         """Seal ``fields`` into the next receipt; return it with its canonical bytes.
+
+        ``then(receipt, canonical)`` runs inside the chain's critical section, right after the
+        chain advanced: whatever it writes is written in chain order, whichever thread seals.
+        It must not raise (the receipt is sealed by then either way) and must not seal.
 
         ``fields`` holds every ``Receipt`` field except ``ledger_id``, ``seq``, ``prev_hash``,
         ``hash``, ``signature`` and ``schema``; ``request_max_tokens``, ``detail``,
@@ -131,6 +141,8 @@ class Ledger:
             # Commit only after every step succeeded: a failed seal leaves no gap.
             self._next_seq = seq + 1
             self._prev_hash = digest
+            if then is not None:
+                then(draft, data)
         return draft, data
 
     def __repr__(self) -> str:

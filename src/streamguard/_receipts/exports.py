@@ -13,13 +13,17 @@ One line of input may hold:
     exporter writes it): every receipt log record and receipt span event inside it.
 
 ``receipts_in_line`` returns the receipt dicts found, in ``Receipt.to_dict`` shape, or raises
-``NotAReceipt`` saying why the line holds none.
+``NotAReceipt`` saying why the line holds none. The line is untrusted: a number of more digits
+than Python converts (``sys.get_int_max_str_digits()``), JSON nested deeper than the parser's
+recursion limit, and values of unexpected types all end in ``NotAReceipt`` or
+``json.JSONDecodeError``, never in another exception.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,9 +52,26 @@ def receipts_in_line(text: str) -> list[dict[str, Any]]:
     """Receipt dicts in one line of JSON (see the module docstring for the shapes).
 
     Raises ``json.JSONDecodeError`` (a ``ValueError``) for text that is not JSON and
-    ``NotAReceipt`` for JSON that holds no receipt.
+    ``NotAReceipt`` for JSON that holds no receipt (or that cannot be read safely).
     """
-    return _from_value(json.loads(text))
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        # json raises a plain ValueError for an integer literal over the conversion limit.
+        raise NotAReceipt(
+            f"the line holds a number of more than {sys.get_int_max_str_digits()} digits, "
+            "which no receipt has"
+        ) from None
+    except RecursionError:
+        raise NotAReceipt(
+            "the line nests JSON too deeply to read (no receipt nests more than 3 levels)"
+        ) from None
+    try:
+        return _from_value(value)
+    except RecursionError:  # an OTLP AnyValue nested hundreds of levels deep
+        raise NotAReceipt("the line nests OTLP values too deeply to read") from None
 
 
 def _from_value(obj: Any) -> list[dict[str, Any]]:
@@ -108,7 +129,7 @@ def _from_attributes(attributes: Any) -> dict[str, Any]:
         # The hash is derived data; without it, the signature alone guards the JSON.
         try:
             claimed = hashlib.sha256(canonical_bytes(unsigned)).hexdigest()
-        except ValueError:
+        except (ValueError, TypeError):
             claimed = None
     receipt["hash"] = claimed
     receipt["signature"] = {
@@ -128,6 +149,8 @@ def _from_otlp(obj: dict[str, Any]) -> list[dict[str, Any]]:
     for resource in _list(obj, "resourceLogs", "resource_logs"):
         for scope in _list(resource, "scopeLogs", "scope_logs"):
             for record in _list(scope, "logRecords", "log_records"):
+                if not isinstance(record, dict):
+                    continue
                 body = _any_value(record.get("body"))
                 if isinstance(body, dict) and body.get("schema") == SCHEMA:
                     found.append(body)
@@ -176,7 +199,8 @@ def _any_value(value: Any) -> Any:
     kind = kind.replace("_", "").lower()
     if kind == "intvalue":
         # int64 is a JSON string in OTLP/JSON; anything else is left as is for the checks.
-        if isinstance(inner, str) and inner.removeprefix("-").isdigit() and inner.isascii():
+        digits = inner.removeprefix("-") if isinstance(inner, str) else ""
+        if 0 < len(digits) <= 20 and digits.isdigit() and digits.isascii():
             return int(inner)
         return inner
     if kind == "kvlistvalue":

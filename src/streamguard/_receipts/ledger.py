@@ -4,9 +4,15 @@ It keeps receipts when the OTLP pipeline is down, and is what ``streamguard veri
 
 Guarantees of ``JsonlLedgerSink``
     - Each ``emit`` writes exactly one complete line (``receipt.to_json()`` + ``"\\n"``) with a
-      single ``O_APPEND`` write, so lines from threads, and from processes sharing the file, do
-      not interleave; with ``fsync=True`` the line is on disk when ``emit`` returns.
-    - Lines appear in ``emit`` order. Emit in seal order to keep the file in chain order.
+      single ``O_APPEND`` write under an exclusive ``flock`` of the file, so lines from threads,
+      and from processes sharing the file (forked workers, each with its own chain), never
+      interleave; with ``fsync=True`` the line is on disk when ``emit`` returns.
+    - Lines appear in ``emit`` order. The runtime emits to it inside the chain's critical
+      section (``in_chain_order``), so the file is in chain order under any number of threads.
+    - A new file is created with mode 0600 (owner read/write only, whatever the umask): receipts
+      name models, tenants and spend. An existing file keeps its mode.
+    - After ``os.fork()`` the child re-opens the file (its own open file description, so the
+      ``flock`` also excludes the parent) and gets a fresh thread lock.
     - Errors (disk full, permissions, emitting after ``close``) raise ``OSError`` to the caller;
       a failed emit never leaves a partial line behind it that a later line would run into.
     - ``close()`` is idempotent.
@@ -18,6 +24,11 @@ import errno
 import os
 import threading
 from types import TracebackType
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: O_APPEND alone orders the lines
+    fcntl = None  # type: ignore[assignment]
 
 from streamguard._receipts.model import Receipt
 
@@ -32,6 +43,9 @@ class JsonlLedgerSink:
     >>> sink.close()
     """
 
+    in_chain_order = True
+    """The runtime writes this sink inside the chain's critical section (see ``Ledger``)."""
+
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self._path = os.fspath(path)
         self._fsync = fsync
@@ -39,11 +53,13 @@ class JsonlLedgerSink:
         parent = os.path.dirname(self._path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+        self._fd: int | None = self._open()
+
+    def _open(self) -> int:
         # A raw fd with O_APPEND: every write lands at the current end of file atomically,
         # which a buffered text file object does not promise.
-        self._fd: int | None = os.open(
-            self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644
-        )
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        return os.open(self._path, flags, 0o600)
 
     @property
     def path(self) -> str:
@@ -53,20 +69,41 @@ class JsonlLedgerSink:
         """Append one line for ``receipt`` (and fsync it unless ``fsync=False``)."""
         line = (receipt.to_json() + "\n").encode("utf-8")
         with self._lock:
-            if self._fd is None:
+            fd = self._fd
+            if fd is None:
                 raise OSError(errno.EBADF, "the receipt ledger is closed", self._path)
-            written = os.write(self._fd, line)
-            if written != len(line):
-                # Short write (e.g. disk full mid-line): end the fragment so the next receipt
-                # starts on a line of its own; verify reports the fragment as malformed.
-                os.write(self._fd, b"\n")
-                raise OSError(
-                    errno.EIO,
-                    f"short write to the receipt ledger ({written} of {len(line)} bytes)",
-                    self._path,
-                )
+            # The file lock keeps another process's line out of a short write's repair.
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    # Short write (e.g. disk full mid-line): end the fragment so the next
+                    # receipt starts on a line of its own; verify reports the fragment.
+                    os.write(fd, b"\n")
+                    raise OSError(
+                        errno.EIO,
+                        f"short write to the receipt ledger ({written} of {len(line)} bytes)",
+                        self._path,
+                    )
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             if self._fsync:
-                os.fsync(self._fd)
+                os.fsync(fd)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a fresh lock and an fd of the child's own (see the module doc)."""
+        self._lock = threading.Lock()
+        inherited, self._fd = self._fd, None
+        if inherited is None:
+            return
+        try:
+            self._fd = self._open()
+        except OSError:  # keep appending through the inherited fd rather than lose receipts
+            self._fd = inherited
+            return
+        os.close(inherited)  # the child's copy only: the parent's fd stays open
 
     def close(self) -> None:
         """Close the file. A second call does nothing."""

@@ -18,6 +18,12 @@ Decisions
     - Deleting the *last* receipts of a ledger leaves no trace in the chain itself; compare
       the count with the ``streamguard.receipts`` metric.
     - Input with no receipt at all fails ("no receipts found"): an empty export proves nothing.
+    - Several chains may share one file (forked workers appending to one ledger, each with its
+      own ledger id): each chain is checked on its own, in file order.
+    - Input is untrusted (see ``_untrusted``): each bad line is one error naming file:line and
+      why (not JSON, not UTF-8, over 16 MiB, a 5000-digit number, nesting too deep, not a
+      receipt); nothing in a line ends ``verify`` in a traceback, and what is printed is
+      escaped for the terminal.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
+from streamguard._receipts._untrusted import numbered_lines, terminal_safe
 from streamguard._receipts.exports import NotAReceipt, receipts_in_line
 from streamguard._receipts.model import GENESIS_HASH, Receipt
 from streamguard._receipts.signing import (
@@ -117,15 +124,20 @@ def verify_files(
 ) -> VerifyReport:
     """Verify the receipts in ``paths`` (``"-"`` is stdin) as one input, chains across files.
 
-    Raises ``OSError`` if a file cannot be read.
+    Lines are read bounded and strictly as UTF-8 (see ``_untrusted.numbered_lines``). Raises
+    ``OSError`` if a file cannot be read.
     """
     checker = _Checker(verifier, sort=sort, allow_partial=allow_partial)
     for path in paths:
         if path == "-":
-            checker.feed(sys.stdin, "<stdin>")
+            binary = getattr(sys.stdin, "buffer", None)  # None: a text stream stands in
+            if binary is None:
+                checker.feed(sys.stdin, "<stdin>")
+            else:
+                checker.feed_binary(binary, "<stdin>")
             continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            checker.feed(f, path)
+        with open(path, "rb") as f:
+            checker.feed_binary(f, path)
     return checker.report()
 
 
@@ -164,6 +176,15 @@ class _Checker:
             if text.strip():
                 self._line(text, source, number)
 
+    def feed_binary(self, stream: BinaryIO, source: str) -> None:
+        self._file_index += 1
+        for number, text, problem in numbered_lines(stream):
+            if problem is not None:
+                order = (self._file_index, number, 0)
+                self._error(order, 0, VerifyError(source, number, None, problem))
+            elif text is not None and text.strip():
+                self._line(text, source, number)
+
     def _error(self, order: tuple[int, int, int], phase: int, error: VerifyError) -> None:
         # Sorting by (input position, phase) makes the first error the earliest in the input,
         # and at one position the parse/hash/signature finding before the chain finding.
@@ -172,11 +193,13 @@ class _Checker:
     def _line(self, text: str, source: str, number: int) -> None:
         try:
             found = receipts_in_line(text)
-        except (json.JSONDecodeError, NotAReceipt) as exc:
+        except Exception as exc:  # untrusted input: any fault is this line's
             if isinstance(exc, json.JSONDecodeError):
                 reason = f"the line is not valid JSON, so it was truncated or corrupted ({exc.msg})"
-            else:
+            elif isinstance(exc, NotAReceipt):
                 reason = str(exc)
+            else:
+                reason = f"the line could not be read as a receipt ({type(exc).__name__})"
             # Name the receipt even when the line does not parse, if its id is legible.
             match = _RECEIPT_ID.search(text)
             self._seen += match is not None
@@ -194,6 +217,10 @@ class _Checker:
             receipt = Receipt.from_dict(data)
         except ReceiptVerificationError as exc:
             self._error(order, 0, VerifyError(source, number, exc.receipt_id, str(exc)))
+            return
+        except Exception as exc:  # untrusted input: any fault is this receipt's
+            reason = f"malformed receipt ({type(exc).__name__})"
+            self._error(order, 0, VerifyError(source, number, None, reason))
             return
         rec = _Record(receipt, source, number, order)
 
@@ -348,11 +375,12 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
         )
         report = verify_files(args.files, verifier, sort=args.sort, allow_partial=args.partial)
     except ConfigurationError as exc:
-        err.print(Text(f"streamguard verify: {exc}", style="red"))
+        err.print(Text(terminal_safe(f"streamguard verify: {exc}"), style="red"))
         return 2
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        err.print(Text(f"streamguard verify: cannot read {exc.filename}: {reason}", style="red"))
+        message = f"streamguard verify: cannot read {exc.filename}: {reason}"
+        err.print(Text(terminal_safe(message), style="red"))
         return 2
     _print_report(out, report, verifier, len(args.files))
     return 0 if report.passed else 1
@@ -363,23 +391,28 @@ def _print_report(out: Console, report: VerifyReport, verifier: Verifier, files:
 
     key = f"{verifier.alg}, key id {verifier.key_id or 'any'}"
     out.print(
-        f"{report.receipts} receipt(s) in {report.ledgers} ledger(s) from {files} file(s) "
-        f"[{key}]: {report.ok} ok, {len(report.errors)} problem(s), "
-        f"{report.duplicates} duplicate(s) skipped",
-        markup=False,
+        Text(
+            terminal_safe(
+                f"{report.receipts} receipt(s) in {report.ledgers} ledger(s) from {files} "
+                f"file(s) [{key}]: {report.ok} ok, {len(report.errors)} problem(s), "
+                f"{report.duplicates} duplicate(s) skipped"
+            )
+        )
     )
     first = report.first_error
     if first is None:
         out.print(Text("OK: every hash, signature and chain link verifies", style="bold green"))
         return
-    out.print(Text("FAILED: ", style="bold red") + Text(str(first)))
+    # Receipt fields and file names are untrusted: Text (no markup), control characters escaped.
+    out.print(Text("FAILED: ", style="bold red") + Text(terminal_safe(str(first))))
     for error in report.errors[1:_SHOWN]:
-        out.print(Text(f"  also: {error}"))
+        out.print(Text(terminal_safe(f"  also: {error}")))
     if len(report.errors) > _SHOWN:
         out.print(Text(f"  ... and {len(report.errors) - _SHOWN} more"))
 
 
-_SHOWN = 20
+_SHOWN = 1000
+"""Problems printed one per line; beyond this only their number (the exit status is 1)."""
 
 if __name__ == "__main__":
     sys.exit(verify_main(sys.argv[1:]))
