@@ -18,10 +18,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streamguard._config import Options
-from streamguard._engine import loopthread
+from streamguard._engine import loopthread, owners, ports
 from streamguard._engine.core import FINAL, StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
+from streamguard._money import budget as budget_module
 from streamguard._money.accounting import BILLING, receipt_fields
 from streamguard._money.budget import Budget, InMemoryBudgetStore
 from streamguard._money.context import current_limits, current_scope
@@ -34,7 +35,6 @@ from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
 from streamguard.exceptions import BudgetExceeded
-from streamguard.integrations._request import current_request
 
 __all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
 
@@ -91,7 +91,7 @@ class Runtime:
         self._warned: set[str] = set()
         self.remote: Any = None
         if opts.redis_url:
-            from streamguard._engine.remote import RemoteCancel
+            from streamguard._remote import RemoteCancel
 
             self.remote = RemoteCancel(opts.redis_url, self)
         self._streams: dict[str, StreamCore] = {}
@@ -127,9 +127,7 @@ class Runtime:
             report_fault("begin", exc)
 
     def _begin(self, core: StreamCore, request: Mapping[str, Any] | None) -> None:
-        owner = current_request()
-        if owner is not None:
-            owner.add(core)
+        owners.adopt(core)
         limits = current_limits()
         scope = current_scope()
         if scope:
@@ -138,7 +136,14 @@ class Runtime:
         budgets = self.budgets + limits.budgets
         if budgets:
             spend = open_spend(
-                core, budgets, self.budget_store, scope, estimate_input_tokens(request or {})
+                core,
+                budgets,
+                self.budget_store,
+                scope,
+                estimate_input_tokens(request or {}),
+                price=self.pricing.price(core.provider, core.model),
+                expected_output=self.lengths.expected(core.model),
+                warn_once=self.warn_once,
             )
             if spend is not None:
                 core.spend = spend
@@ -208,7 +213,14 @@ class Runtime:
             (ordered if getattr(sink, "in_chain_order", False) else others).append(sink)
         try:
             receipt, canonical = self.ledger.seal_bytes(
-                receipt_fields(self, core), _emitter(ordered) if ordered else None
+                receipt_fields(
+                    core,
+                    pricing=self.pricing,
+                    lengths=self.lengths,
+                    billing=self.billing,
+                    span_ids=self.telemetry.span_ids(core),
+                ),
+                _emitter(ordered) if ordered else None,
             )
         except Exception as exc:
             report_fault("receipt.seal", exc)
@@ -416,3 +428,14 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# The engine asks its host through ports, and budgets report store failures through a hook:
+# neither imports the runtime. Plug them in.
+ports.install(get_runtime, report_fault)
+
+
+def _store_error(budget: str, failed_open: bool) -> None:
+    get_runtime().telemetry.store_error(budget, failed_open)
+
+
+budget_module.on_store_error = _store_error

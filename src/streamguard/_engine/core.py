@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
+    from streamguard._engine.ports import Host
     from streamguard._receipts.model import Receipt
-    from streamguard._runtime import Runtime
 
 __all__ = ["HIDE", "NOT_A_UNIT", "StreamCore"]
 
@@ -115,7 +115,7 @@ class StreamCore:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Host,
         *,
         provider: str,
         model: str | None,

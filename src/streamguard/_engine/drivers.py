@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
+from streamguard._engine import ports
 from streamguard._engine.core import HIDE, StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard.exceptions import BudgetExceeded, StreamBlocked, StreamCancelled
@@ -46,9 +47,7 @@ def _one_unit(chunk: object) -> int:
 
 def meter_fault(exc: Exception) -> int:
     """A meter failed on a chunk: report it once, count the chunk as one unit, go on."""
-    from streamguard._runtime import report_fault
-
-    report_fault("meter", exc)
+    ports.report_fault("meter", exc)
     return 1
 
 

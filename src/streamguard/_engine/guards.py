@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
+from streamguard._engine import ports
 from streamguard._engine.core import StreamCore
 from streamguard._engine.drivers import Meter
 from streamguard._engine.handle import StreamHandle
@@ -28,9 +29,7 @@ def _new_core(
     runtime: Any,
 ) -> StreamCore:
     if runtime is None:
-        from streamguard._runtime import get_runtime
-
-        runtime = get_runtime()
+        runtime = ports.host()
     core = StreamCore(
         runtime,
         provider=provider,

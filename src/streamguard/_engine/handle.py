@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from streamguard._engine import ports
 from streamguard._engine.core import StreamCore
 from streamguard._engine.reasons import StopReason
 
@@ -68,9 +69,7 @@ class StreamHandle:
 
 def active_streams() -> list[StreamHandle]:
     """Handles on every stream of this process that has no receipt yet."""
-    from streamguard._runtime import get_runtime
-
-    return [StreamHandle(core) for core in get_runtime().active()]
+    return [StreamHandle(core) for core in ports.host().active()]
 
 
 def cancel_stream(
@@ -79,10 +78,8 @@ def cancel_stream(
     """Stop the stream ``stream_id``: in this process, or, with ``STREAMGUARD_REDIS_URL`` set,
     in whichever process or replica runs it. True if it was stopped here or a cancel was
     published to at least one other process; False if unknown or already stopped."""
-    from streamguard._runtime import get_runtime
-
     stop = to_reason(reason)
-    runtime = get_runtime()
+    runtime = ports.host()
     core = runtime.find(stream_id)
     if core is not None:
         return core.request_stop(stop, detail or "cancelled by stream id")

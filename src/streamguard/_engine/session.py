@@ -20,13 +20,14 @@ import collections
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from streamguard._engine import ports
 from streamguard._engine.core import StreamCore
 from streamguard._engine.drivers import stop_error
+from streamguard._engine.estimate import estimate_tokens
 from streamguard._engine.handle import StreamHandle, to_reason
 from streamguard._engine.loopthread import background_loop
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers
-from streamguard._money.estimate import estimate_tokens
 from streamguard._receipts.model import Receipt
 
 __all__ = ["Producer", "StreamSession"]
@@ -112,9 +113,7 @@ class StreamSession(StreamHandle):
         runtime: Any = None,
     ) -> None:
         if runtime is None:
-            from streamguard._runtime import get_runtime
-
-            runtime = get_runtime()
+            runtime = ports.host()
         opts = runtime.options
         # Unset bounds come from the configuration (STREAMGUARD_MAX_BUFFERED / _MAX_INFLIGHT).
         N = opts.max_buffered if N is None else N

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,8 @@ from streamguard._receipts.model import Costs, Times, Tokens
 
 if TYPE_CHECKING:
     from streamguard._engine.core import StreamCore
-    from streamguard._runtime import Runtime
+    from streamguard._money.estimate import LengthModel
+    from streamguard._money.pricing import Pricing
 
 __all__ = ["BILLING", "STOPS_ON_ABORT", "WHOLE_COMPLETION", "receipt_fields"]
 
@@ -44,8 +46,17 @@ BILLING = {
 }
 
 
-def receipt_fields(runtime: Runtime, core: StreamCore) -> dict[str, Any]:
-    """Every receipt field the engine knows for ``core``; the ledger adds the chain fields."""
+def receipt_fields(
+    core: StreamCore,
+    *,
+    pricing: Pricing,
+    lengths: LengthModel,
+    billing: Mapping[str, str],
+    span_ids: tuple[str | None, str | None],
+) -> dict[str, Any]:
+    """Every receipt field the engine knows for ``core``; the ledger adds the chain fields.
+
+    ``span_ids`` are the stream span's trace and span ids (the runtime asks telemetry)."""
     reason = core.stop_reason or StopReason.UPSTREAM_ERROR
     outcome = reason.outcome(rejected=core.rejected)
     est_produced = core.produced_tokens
@@ -55,19 +66,19 @@ def receipt_fields(runtime: Runtime, core: StreamCore) -> dict[str, Any]:
     committed = max(0, min(produced, produced - (est_produced - core.committed_tokens)))
     consumed = max(0, min(committed, committed - (core.committed_tokens - core.consumed_tokens)))
     if outcome == "completed":
-        runtime.lengths.observe(core.model, produced)
+        lengths.observe(core.model, produced)
         prevented = 0
     elif outcome == "failed":
         prevented = 0  # the upstream failed: it would not have generated more
-    elif runtime.billing.get(core.provider, STOPS_ON_ABORT) == WHOLE_COMPLETION:
+    elif billing.get(core.provider, STOPS_ON_ABORT) == WHOLE_COMPLETION:
         prevented = 0  # this provider bills the whole completion: nothing is prevented
     else:
-        expected = runtime.lengths.expected(core.model)
+        expected = lengths.expected(core.model)
         if core.request_max_tokens is not None:
             expected = min(expected, core.request_max_tokens)
         prevented = max(0, expected - produced)
     undelivered = produced - consumed
-    trace_id, span_id = runtime.telemetry.span_ids(core)
+    trace_id, span_id = span_ids
     return {
         "receipt_id": os.urandom(16).hex(),
         "stream_id": core.stream_id,
@@ -89,7 +100,7 @@ def receipt_fields(runtime: Runtime, core: StreamCore) -> dict[str, Any]:
             prevented_estimate=prevented,
             usage_source="provider" if core.usage_exact is not None else "estimated",
         ),
-        "cost": _cost(runtime, core, produced, undelivered, prevented),
+        "cost": _cost(pricing, core, produced, undelivered, prevented),
         "times": Times(
             started=core.t_started,
             first_chunk=core.t_first_chunk,
@@ -101,15 +112,15 @@ def receipt_fields(runtime: Runtime, core: StreamCore) -> dict[str, Any]:
         "span_id": span_id,
         "attributes": {
             **core.attributes,
-            "billing": runtime.billing.get(core.provider, STOPS_ON_ABORT),
+            "billing": billing.get(core.provider, STOPS_ON_ABORT),
         },
     }
 
 
 def _cost(
-    runtime: Runtime, core: StreamCore, produced: int, undelivered: int, prevented: int
+    pricing: Pricing, core: StreamCore, produced: int, undelivered: int, prevented: int
 ) -> Costs:
-    price = runtime.pricing.price(core.provider, core.model)
+    price = pricing.price(core.provider, core.model)
     if price is None:
         return _UNPRICED
     cached = min(core.cached_input_tokens or 0, core.input_tokens or 0)

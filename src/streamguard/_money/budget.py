@@ -21,7 +21,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -38,6 +38,15 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def to_nano(usd: Decimal) -> int:
     """USD to integer nano-dollars, rounded up: a budget never under-counts spend."""
     return math.ceil(usd * NANO)
+
+
+def _no_listener(budget: str, failed_open: bool) -> None:
+    pass
+
+
+#: Told of every store failure (budget name, failed open?): the runtime counts them in the
+#: ``streamguard.budget.store_errors`` metric. Set by the composition root, never imported up.
+on_store_error: Callable[[str, bool], None] = _no_listener
 
 
 class StoreUnavailable(Exception):
@@ -232,9 +241,7 @@ class Account:
             self.description,
             "open (streams pass)" if open_ else "closed (streams are rejected)",
         )
-        from streamguard._runtime import get_runtime
-
-        get_runtime().telemetry.store_error(self.budget.name, open_)
+        on_store_error(self.budget.name, open_)
         if open_:
             self.reserved = max(self.reserved, self.spent)
         return open_

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import threading
 
+from streamguard._engine.estimate import estimate_tokens
+
 __all__ = ["LengthModel", "estimate_tokens"]
-
-
-def estimate_tokens(text: str | None) -> int:
-    """About four characters per token (rounded), at least one for any non-empty text.
-
-    Cheap on purpose: it runs per chunk, on the event loop too. Exact provider usage replaces
-    it at the end of a stream, and the difference is recorded as drift
-    (``streamguard.estimate.drift``).
-    """
-    if not text:
-        return 0
-    return max(1, (len(text) + 2) // 4)
 
 
 class LengthModel:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streamguard._engine.reasons import StopReason
@@ -70,6 +70,10 @@ def open_spend(
     store: BudgetStore,
     scope: Mapping[str, str],
     input_estimate: int,
+    *,
+    price: Price | None,
+    expected_output: int,
+    warn_once: Callable[[str, str], None],
 ) -> Spend | None:
     """Reserve the worst case in every budget, or reject the stream before its request.
 
@@ -79,16 +83,15 @@ def open_spend(
     """
     if not budgets:
         return None
-    price = core.runtime.pricing.price(core.provider, core.model)
     if price is None:
-        core.runtime.warn_once(
+        warn_once(
             f"budget-unpriced-{core.provider}-{core.model}",
             f"StreamGuard cannot enforce USD budgets for {core.provider} model {core.model!r}: "
             "it has no known price. Add one with instrument(prices=...).",
         )
         return None
     spend = Spend([Account(b, store, scope) for b in budgets], price)
-    output = core.request_max_tokens or core.runtime.lengths.expected(core.model)
+    output = core.request_max_tokens or expected_output
     upfront = input_estimate * spend.in_nano
     worst = upfront + output * spend.out_nano
     for index, account in enumerate(spend.accounts):

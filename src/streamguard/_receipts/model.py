@@ -34,7 +34,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from streamguard._engine.reasons import Outcome, StopReason
+from streamguard._reasons import Outcome, StopReason
 from streamguard._receipts import _validate as v
 from streamguard._receipts.canonical import canonical_bytes, encode_in_fast_domain
 from streamguard.exceptions import ReceiptVerificationError

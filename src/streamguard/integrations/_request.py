@@ -1,7 +1,7 @@
 """Which streams belong to the ASGI request (or WebSocket) being served.
 
-The middleware sets a request scope in a contextvar; ``Runtime.begin`` adds every stream
-opened under it (in the request's task, its child tasks, and threadpool workers, which copy
+The middleware sets a request scope in a contextvar, registered as an owner scope
+(``streamguard._engine.owners``): every stream begun under it is added (in the request's task, its child tasks, and threadpool workers, which copy
 the context). The scope holds cores, never the application's stream objects.
 """
 
@@ -11,6 +11,7 @@ import contextvars
 import threading
 from typing import TYPE_CHECKING
 
+from streamguard._engine import owners
 from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
@@ -72,3 +73,6 @@ def current_request() -> RequestStreams | None:
 
 def reset(token: contextvars.Token[RequestStreams | None]) -> None:
     _current.reset(token)
+
+
+owners.register(current_request)

@@ -4,6 +4,9 @@ With ``STREAMGUARD_REDIS_URL`` set, each process subscribes to one channel in a 
 and stops the streams it holds when their id is published. ``shutdown()`` ends the thread.
 A forked child gets a listener of its own (``restarted``, called from the runtime's at-fork
 hook): its own connections and thread; the parent's are left alone.
+
+Floor: ``_runtime`` (process-wide state: a thread and Redis connections of the process; it
+imports the engine and ``_extras``, and is wired in by the runtime).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from streamguard._engine.handle import to_reason
 from streamguard._extras import require
 
 if TYPE_CHECKING:
-    from streamguard._runtime import Runtime
+    from streamguard._engine.ports import Host
 
 __all__ = ["RemoteCancel"]
 
@@ -26,7 +29,7 @@ CHANNEL = "streamguard:cancel"
 
 
 class RemoteCancel:
-    def __init__(self, url: str, runtime: Runtime, *, wait: bool = True) -> None:
+    def __init__(self, url: str, runtime: Host, *, wait: bool = True) -> None:
         require("redis", feature="Cross-process cancel (STREAMGUARD_REDIS_URL)", extra="redis")
         import redis
 
