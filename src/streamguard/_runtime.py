@@ -33,7 +33,7 @@ from streamguard._receipts.ledger import JsonlLedgerSink
 from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
-from streamguard.exceptions import BudgetExceeded
+from streamguard.exceptions import BudgetExceeded, ConfigurationError
 from streamguard.integrations._request import current_request
 
 __all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
@@ -72,13 +72,11 @@ class Runtime:
     ) -> None:
         self.options = options or Options.resolve()
         opts = self.options
-        self.signer = signer or load_signer(
-            signing_key=opts.signing_key, signing_key_file=opts.signing_key_file, key_id=opts.key_id
-        )
+        self.signer = signer or _signer_of(opts)
         self.ledger = Ledger(self.signer, ledger_id=opts.ledger_id)
         self.sinks: list[Any] = list(sinks)
         if opts.ledger_path:
-            self.sinks.append(JsonlLedgerSink(opts.ledger_path))
+            self.sinks.append(_open_ledger(opts.ledger_path))
         self.telemetry = Telemetry(VERSION)
         self.watchdog = Watchdog()
         self.lengths = LengthModel(opts.expected_output_tokens)
@@ -322,6 +320,33 @@ def _disown(core: StreamCore) -> None:
 def _child_ledger_id(configured: str | None) -> str | None:
     # A configured ledger id is the parent's; a child's chain needs an id of its own.
     return None if configured is None else f"{configured}-{uuid.uuid4().hex[:12]}"
+
+
+def _signer_of(opts: Options) -> Signer:
+    # A key option that holds its environment variable's value is left to load_signer to read
+    # from there, so that an error names the variable the operator set, not the option.
+    env = os.environ
+
+    def given(value: str | None, variable: str) -> str | None:
+        return None if value is not None and value == env.get(variable) else value
+
+    return load_signer(
+        signing_key=given(opts.signing_key, "STREAMGUARD_SIGNING_KEY"),
+        signing_key_file=given(opts.signing_key_file, "STREAMGUARD_SIGNING_KEY_FILE"),
+        key_id=given(opts.key_id, "STREAMGUARD_KEY_ID"),
+    )
+
+
+def _open_ledger(path: str) -> JsonlLedgerSink:
+    try:
+        return JsonlLedgerSink(path)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"STREAMGUARD_LEDGER_PATH (ledger_path) names {path!r}, which cannot be opened for "
+            f"appending ({exc.strerror or type(exc).__name__}). Point it at a writable file; "
+            "its directory is created if needed.",
+            variable="STREAMGUARD_LEDGER_PATH",
+        ) from None
 
 
 def _emitter(sinks: list[Any]) -> Any:
