@@ -156,6 +156,7 @@ def _serve_every_mode_in_both_workers(url: str, prefix: str) -> list[dict[str, A
     return results
 
 
+@pytest.mark.slow  # ~20-35 s each: gunicorn's master imports every SDK (instrument) first
 @pytest.mark.parametrize(
     ("worker_class", "app"),
     [("sync", "_fork_app:wsgi_app"), ("uvicorn_worker.UvicornWorker", "_fork_app:asgi_app")],
@@ -365,3 +366,44 @@ def test_bare_fork_child_gets_its_own_chain_watchdog_and_cancel_listener(
     verified = _verify(ledger)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "7 receipt(s) in 2 ledger(s)" in verified.stdout
+
+
+def test_redis_budget_store_serves_a_forked_child_on_connections_of_its_own(
+    redis_url: str,
+) -> None:
+    from streamguard._config import Options
+    from streamguard._runtime import Runtime
+
+    runtime = Runtime(
+        Options.resolve({"redis_url": redis_url}, environ={}),
+        signer=HmacSigner(bytes(32), key_id="t"),
+    )
+    store = runtime.budget_store
+    key = f"fork-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        assert store.reserve(key, 100, 1_000, None) == 100  # the parent's pool holds a socket
+        parent_client = store._client
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the at-fork hook gave the child's runtime a client of its own
+            code = 1
+            try:
+                os.close(read_fd)
+                child_store = runtime.budget_store
+                granted = child_store.reserve(key, 200, 1_000, None)
+                fresh = child_store is store and child_store._client is not parent_client
+                os.write(write_fd, json.dumps([granted, fresh]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            granted, fresh = json.loads(f.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (granted, fresh) == (200, True)
+        # The parent's own connection still works after the child used and dropped its copy.
+        assert store.usage(key) == (0, 300)
+    finally:
+        runtime.shutdown()
+        store.close()
