@@ -12,14 +12,13 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from streamguard import _forking
 from streamguard._config import Options
-from streamguard._engine import loopthread
-from streamguard._engine.core import FINAL, StreamCore
+from streamguard._engine.core import StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
 from streamguard._money.accounting import BILLING, receipt_fields
@@ -267,60 +266,6 @@ class Runtime:
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
 
-    # ------------------------------------------------------------------------- fork
-    def _after_fork_in_child(self) -> None:
-        """Make this runtime the forked child's own, before the child runs any other code.
-
-        The child gets a chain of its own (a new ledger id, seq from 0), a fresh registry and
-        watchdog, its own Redis connections and cancel listener, its own ledger file handle and
-        fresh locks (a lock another thread held at the fork would stay held in the child). The
-        parent's open streams are disowned: the child never closes their sockets (shared with
-        the parent) nor seals receipts for them; the parent does that.
-        """
-        inherited = list(self._streams.values())
-        self._streams = {}
-        self._lock = threading.Lock()
-        for core in inherited:
-            _disown(core)
-        self.ledger = Ledger(self.signer, ledger_id=_child_ledger_id(self.options.ledger_id))
-        self.watchdog = Watchdog()
-        for part in (self.pricing, self.telemetry, self.lengths, self.budget_store):
-            if isinstance(getattr(part, "_lock", None), type(self._lock)):
-                part._lock = threading.Lock()
-        for part in (*self.sinks, self.budget_store):
-            hook = getattr(part, "_after_fork_in_child", None)
-            if hook is not None:
-                try:
-                    hook()
-                except Exception as exc:
-                    report_fault(f"fork.{type(part).__name__}", exc)
-        if self.remote is not None:
-            try:
-                self.remote = self.remote.restarted()
-            except Exception as exc:
-                self.remote = None
-                report_fault("fork.remote_cancel", exc)
-
-
-def _disown(core: StreamCore) -> None:
-    """A stream of the parent, seen in a forked child: inert here, never closed or sealed."""
-    core._lock = threading.Lock()
-    core._close = core._aclose = core._abort = None
-    core.watch = None
-    if core.stop_reason is None:
-        core.stop_reason = StopReason.SHUTDOWN
-        core.detail = "inherited by a forked child process; the parent seals its receipt"
-    core.phase = FINAL
-    core._receipt_waiters = []
-    done = threading.Event()
-    done.set()
-    core._final_event = done
-
-
-def _child_ledger_id(configured: str | None) -> str | None:
-    # A configured ledger id is the parent's; a child's chain needs an id of its own.
-    return None if configured is None else f"{configured}-{uuid.uuid4().hex[:12]}"
-
 
 def _signer_of(opts: Options) -> Signer:
     # A key option that holds its environment variable's value is left to load_signer to read
@@ -423,18 +368,18 @@ _PID = os.getpid()
 def _after_fork_in_child() -> None:
     """``os.fork()`` hook (gunicorn, uWSGI, Celery prefork, multiprocessing "fork").
 
-    Runs in the child before it returns from ``fork()``; see ``Runtime._after_fork_in_child``
-    and docs/forking.md.
+    Runs in the child before it returns from ``fork()``; see ``streamguard._forking`` and
+    docs/forking.md.
     """
     global _current_lock, _PID
     _current_lock = threading.Lock()
     _PID = os.getpid()  # the child's own atexit shutdown seals the child's open streams
-    loopthread.forget_after_fork()
+    _forking.forget_background_loop()
     for runtime in list(_runtimes):
         if runtime.closed:
             continue
         try:
-            runtime._after_fork_in_child()
+            _forking.make_runtime_the_childs(runtime)
         except Exception as exc:
             report_fault("fork", exc)
 
