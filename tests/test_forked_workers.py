@@ -156,6 +156,7 @@ def _serve_every_mode_in_both_workers(url: str, prefix: str) -> list[dict[str, A
     return results
 
 
+@pytest.mark.slow  # ~20-35 s each: gunicorn's master imports every SDK (instrument) first
 @pytest.mark.parametrize(
     ("worker_class", "app"),
     [("sync", "_fork_app:wsgi_app"), ("uvicorn_worker.UvicornWorker", "_fork_app:asgi_app")],
@@ -216,6 +217,25 @@ def _create(client: openai.OpenAI, tag: str, max_tokens: int = 300) -> Any:
     )
 
 
+class _Count:
+    """A StreamSession producer: ``n`` tokens."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def run(self, *, out_q: Any, cancel_event: Any, stats: dict[str, Any]) -> None:
+        for i in range(self.n):
+            await out_q.put(f" t{i}")
+
+
+def _session_receipt() -> Receipt | None:
+    """A StreamSession started outside any loop: it runs on the background loop."""
+    session = streamguard.StreamSession(producer=_Count(5), N=5, M=2, stats={})
+    session.start()
+    assert list(session) == [f" t{i}" for i in range(5)]
+    return session.shutdown_sync()
+
+
 def _child(client: openai.OpenAI, out: Any, inherited: streamguard.StreamHandle) -> dict[str, Any]:
     """What the forked child does; returns what it saw (sent to the parent as JSON)."""
     seen: dict[str, Any] = {"pid": os.getpid()}
@@ -223,6 +243,9 @@ def _child(client: openai.OpenAI, out: Any, inherited: streamguard.StreamHandle)
     # The parent's stream is not the child's: cancelling its handle here does nothing.
     seen["inherited_cancel"] = inherited.cancel()
     gc.collect()
+    # The parent's background loop thread does not exist here: the child starts its own.
+    session = _session_receipt()
+    seen["session"] = None if session is None else session.outcome
     ids: dict[str, str] = {}
     # close
     stream = _create(client, "child-close")
@@ -278,6 +301,7 @@ def test_bare_fork_child_gets_its_own_chain_watchdog_and_cancel_listener(
         client = openai.OpenAI(base_url=upstream.openai_base_url, api_key="k", max_retries=0)
         for _chunk in _create(client, "parent-before", max_tokens=5):
             pass
+        assert _session_receipt() is not None  # the parent's background loop is running
         parent_ledger = _ledger_id()
         # A stream the parent's thread is reading while the process forks: the child must
         # neither close its socket (shared with the parent) nor seal a receipt for it.
@@ -324,6 +348,7 @@ def test_bare_fork_child_gets_its_own_chain_watchdog_and_cancel_listener(
 
     assert done["pid"] != os.getpid()
     assert (done["active_at_start"], done["inherited_cancel"]) == (0, False)
+    assert done["session"] == "completed"
     assert done["cancelled"] is True and done["cancel_raised"] == "manual"
     child_ledger = done["ledger_id"]
     assert isinstance(child_ledger, str) and child_ledger != parent_ledger
@@ -332,12 +357,53 @@ def test_bare_fork_child_gets_its_own_chain_watchdog_and_cancel_listener(
         receipt = by_id[stream_id]
         assert receipt.ledger_id == child_ledger
         _check_stopped(upstream, f"child-{mode}", receipt, REASONS[mode])
-    assert [r.seq for r in _receipts(ledger) if r.ledger_id == child_ledger] == [0, 1, 2]
+    assert [r.seq for r in _receipts(ledger) if r.ledger_id == child_ledger] == [0, 1, 2, 3]
     # The parent's stream ran to its end in the parent, with exactly one receipt, the parent's.
     assert parent_across is not None and parent_across.reason == "completed"
     assert _record(upstream, "parent-across").completed
     across_receipts = [r for r in _receipts(ledger) if r.stream_id == inherited.stream_id]
-    assert [(r.ledger_id, r.seq) for r in across_receipts] == [(parent_ledger, 1)]
+    assert [(r.ledger_id, r.seq) for r in across_receipts] == [(parent_ledger, 2)]
     verified = _verify(ledger)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert "5 receipt(s) in 2 ledger(s)" in verified.stdout
+    assert "7 receipt(s) in 2 ledger(s)" in verified.stdout
+
+
+def test_redis_budget_store_serves_a_forked_child_on_connections_of_its_own(
+    redis_url: str,
+) -> None:
+    from streamguard._config import Options
+    from streamguard._runtime import Runtime
+
+    runtime = Runtime(
+        Options.resolve({"redis_url": redis_url}, environ={}),
+        signer=HmacSigner(bytes(32), key_id="t"),
+    )
+    store = runtime.budget_store
+    key = f"fork-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        assert store.reserve(key, 100, 1_000, None) == 100  # the parent's pool holds a socket
+        parent_client = store._client
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the at-fork hook gave the child's runtime a client of its own
+            code = 1
+            try:
+                os.close(read_fd)
+                child_store = runtime.budget_store
+                granted = child_store.reserve(key, 200, 1_000, None)
+                fresh = child_store is store and child_store._client is not parent_client
+                os.write(write_fd, json.dumps([granted, fresh]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            granted, fresh = json.loads(f.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (granted, fresh) == (200, True)
+        # The parent's own connection still works after the child used and dropped its copy.
+        assert store.usage(key) == (0, 300)
+    finally:
+        runtime.shutdown()
+        store.close()

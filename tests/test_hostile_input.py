@@ -138,6 +138,12 @@ def bad_lines(tmp_path: Path) -> tuple[Path, dict[int, str]]:
         f.write(b'{"model": "' + b"x" * (100 * 1024 * 1024) + b'"}\n')  # 100 MiB
         f.write(b'{"message": "not a receipt"}\n')
         f.write(b"{truncated\n")
+        huge = json.loads(first)
+        huge["tokens"]["produced"] = 10**4000  # JSON reads it; no receipt may hold it
+        f.write(json.dumps(huge).encode() + b"\n")
+        long = json.loads(first)
+        long["outcome"] = "x" * 1_000_000
+        f.write(json.dumps(long).encode() + b"\n")
         f.write(last.encode() + b"\n")
     expected = {
         2: "more than 4300 digits",
@@ -146,6 +152,8 @@ def bad_lines(tmp_path: Path) -> tuple[Path, dict[int, str]]:
         5: "bytes long, over the limit of 16,777,216 bytes",
         6: "the line holds no receipt",
         7: "not valid JSON",
+        8: "tokens.produced must be between 0 and 2**53-1, got an integer of 13288 bits",
+        9: "got 'xxxxxxxx",
     }
     return path, expected
 
@@ -186,7 +194,7 @@ def test_each_bad_line_is_one_clear_error_with_exit_1_in_bounded_memory(
     path, expected = bad_lines
     args = {
         "verify": ["verify", "--hmac-key", HEX, str(path)],
-        "report": ["report", str(path)],
+        "report": ["report", str(path), "--html", str(tmp_path / "bad.html")],
         "report-json": ["report", str(path), "--json"],
     }[command]
     result, peak_mib = _measured(*args)
@@ -196,7 +204,7 @@ def test_each_bad_line_is_one_clear_error_with_exit_1_in_bounded_memory(
     for number, reason in expected.items():
         (line,) = [text for text in output.splitlines() if f"{path}:{number}:" in text]
         assert reason in line, line
-        assert len(line) < 400, line  # one clear line, not the input echoed back
+        assert len(line) < 400, line[:1000]  # one clear line, not the input echoed back
     if command == "verify":
         assert "2 ok" in result.stdout
     elif command == "report-json":
@@ -204,6 +212,7 @@ def test_each_bad_line_is_one_clear_error_with_exit_1_in_bounded_memory(
         assert (data["receipts"], data["skipped_lines"]) == (2, len(expected))
     else:
         assert "2 stream(s)" in result.stdout
+        assert "2 receipt(s) finalised" in (tmp_path / "bad.html").read_text()  # still written
     # A 100 MiB line is read through, never held: peak memory stays near an ordinary run's.
     assert peak_mib < _baseline_mib(tmp_path) + 60, peak_mib
 

@@ -490,7 +490,7 @@ def test_cli_reads_keys_from_the_environment_and_stdin(
     ("argv", "message"),
     [
         (["x.jsonl"], "STREAMGUARD_VERIFY_KEY_FILE"),
-        (["x.jsonl", "--key", "/nonexistent/key.pem"], "--key names '/nonexistent/key.pem'"),
+        (["x.jsonl", "--key", "/nonexistent/key.pem"], "--key does not name an existing file"),
         (["x.jsonl", "--hmac-key", "zz"], "--hmac-key"),
         (["x.jsonl", "--hmac-key", SECRET.hex(), "--key-id", "has space"], "--key-id"),
         (["/nonexistent/ledger.jsonl", "--hmac-key", SECRET.hex()], "cannot read"),

@@ -12,14 +12,14 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from streamguard import _forking
 from streamguard._config import Options
-from streamguard._engine import loopthread, owners, ports
-from streamguard._engine.core import FINAL, StreamCore
+from streamguard._engine import owners, ports
+from streamguard._engine.core import StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
 from streamguard._money import budget as budget_module
@@ -34,7 +34,7 @@ from streamguard._receipts.ledger import JsonlLedgerSink
 from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
-from streamguard.exceptions import BudgetExceeded
+from streamguard.exceptions import BudgetExceeded, ConfigurationError
 
 __all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
 
@@ -72,13 +72,11 @@ class Runtime:
     ) -> None:
         self.options = options or Options.resolve()
         opts = self.options
-        self.signer = signer or load_signer(
-            signing_key=opts.signing_key, signing_key_file=opts.signing_key_file, key_id=opts.key_id
-        )
+        self.signer = signer or _signer_of(opts)
         self.ledger = Ledger(self.signer, ledger_id=opts.ledger_id)
         self.sinks: list[Any] = list(sinks)
         if opts.ledger_path:
-            self.sinks.append(JsonlLedgerSink(opts.ledger_path))
+            self.sinks.append(_open_ledger(opts.ledger_path))
         self.telemetry = Telemetry(VERSION)
         self.watchdog = Watchdog()
         self.lengths = LengthModel(opts.expected_output_tokens)
@@ -281,59 +279,32 @@ class Runtime:
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
 
-    # ------------------------------------------------------------------------- fork
-    def _after_fork_in_child(self) -> None:
-        """Make this runtime the forked child's own, before the child runs any other code.
 
-        The child gets a chain of its own (a new ledger id, seq from 0), a fresh registry and
-        watchdog, its own Redis connections and cancel listener, its own ledger file handle and
-        fresh locks (a lock another thread held at the fork would stay held in the child). The
-        parent's open streams are disowned: the child never closes their sockets (shared with
-        the parent) nor seals receipts for them; the parent does that.
-        """
-        inherited = list(self._streams.values())
-        self._streams = {}
-        self._lock = threading.Lock()
-        for core in inherited:
-            _disown(core)
-        self.ledger = Ledger(self.signer, ledger_id=_child_ledger_id(self.options.ledger_id))
-        self.watchdog = Watchdog()
-        for part in (self.pricing, self.telemetry, self.lengths, self.budget_store):
-            if isinstance(getattr(part, "_lock", None), type(self._lock)):
-                part._lock = threading.Lock()
-        for part in (*self.sinks, self.budget_store):
-            hook = getattr(part, "_after_fork_in_child", None)
-            if hook is not None:
-                try:
-                    hook()
-                except Exception as exc:
-                    report_fault(f"fork.{type(part).__name__}", exc)
-        if self.remote is not None:
-            try:
-                self.remote = self.remote.restarted()
-            except Exception as exc:
-                self.remote = None
-                report_fault("fork.remote_cancel", exc)
+def _signer_of(opts: Options) -> Signer:
+    # A key option that holds its environment variable's value is left to load_signer to read
+    # from there, so that an error names the variable the operator set, not the option.
+    env = os.environ
+
+    def given(value: str | None, variable: str) -> str | None:
+        return None if value is not None and value == env.get(variable) else value
+
+    return load_signer(
+        signing_key=given(opts.signing_key, "STREAMGUARD_SIGNING_KEY"),
+        signing_key_file=given(opts.signing_key_file, "STREAMGUARD_SIGNING_KEY_FILE"),
+        key_id=given(opts.key_id, "STREAMGUARD_KEY_ID"),
+    )
 
 
-def _disown(core: StreamCore) -> None:
-    """A stream of the parent, seen in a forked child: inert here, never closed or sealed."""
-    core._lock = threading.Lock()
-    core._close = core._aclose = core._abort = None
-    core.watch = None
-    if core.stop_reason is None:
-        core.stop_reason = StopReason.SHUTDOWN
-        core.detail = "inherited by a forked child process; the parent seals its receipt"
-    core.phase = FINAL
-    core._receipt_waiters = []
-    done = threading.Event()
-    done.set()
-    core._final_event = done
-
-
-def _child_ledger_id(configured: str | None) -> str | None:
-    # A configured ledger id is the parent's; a child's chain needs an id of its own.
-    return None if configured is None else f"{configured}-{uuid.uuid4().hex[:12]}"
+def _open_ledger(path: str) -> JsonlLedgerSink:
+    try:
+        return JsonlLedgerSink(path)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"STREAMGUARD_LEDGER_PATH (ledger_path) names {path!r}, which cannot be opened for "
+            f"appending ({exc.strerror or type(exc).__name__}). Point it at a writable file; "
+            "its directory is created if needed.",
+            variable="STREAMGUARD_LEDGER_PATH",
+        ) from None
 
 
 def _emitter(sinks: list[Any]) -> Any:
@@ -410,18 +381,18 @@ _PID = os.getpid()
 def _after_fork_in_child() -> None:
     """``os.fork()`` hook (gunicorn, uWSGI, Celery prefork, multiprocessing "fork").
 
-    Runs in the child before it returns from ``fork()``; see ``Runtime._after_fork_in_child``
-    and docs/forking.md.
+    Runs in the child before it returns from ``fork()``; see ``streamguard._forking`` and
+    docs/forking.md.
     """
     global _current_lock, _PID
     _current_lock = threading.Lock()
     _PID = os.getpid()  # the child's own atexit shutdown seals the child's open streams
-    loopthread.forget_after_fork()
+    _forking.forget_background_loop()
     for runtime in list(_runtimes):
         if runtime.closed:
             continue
         try:
-            runtime._after_fork_in_child()
+            _forking.make_runtime_the_childs(runtime)
         except Exception as exc:
             report_fault("fork", exc)
 

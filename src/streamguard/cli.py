@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a missing extra or bad configuration is one line on stderr, exit 2."""
+    """Run one command; its exit status. A missing extra or bad configuration is one line on
+    stderr (status 2); output cut off by a closed pipe (``| head``) or Ctrl-C ends the command
+    quietly (status 141 / 130), not in a traceback."""
     from streamguard.exceptions import ConfigurationError
 
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(argv)
     except ConfigurationError as exc:  # MissingExtraError included
         print(f"streamguard: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        return 130
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="streamguard", description="StreamGuard: stops LLM token bleed."
     )

@@ -1,8 +1,10 @@
 """Key material: parsing secrets and PEM files, writing key pairs. Never echoes a key.
 
-Every error is a ``ConfigurationError`` that names the variable or argument (``name``) and the
-file path, never the value, and is raised ``from None`` so no chained exception carries the
-value along.
+Every error is a ``ConfigurationError`` that names the variable or argument (``name``), never
+the key material, and is raised ``from None`` so no chained exception carries it along. A
+*file* variable's value is shown only when it names an existing file: a value that names no
+file may be a secret put in the wrong variable (an HMAC secret in
+``STREAMGUARD_SIGNING_KEY_FILE``), so it is never echoed.
 """
 
 from __future__ import annotations
@@ -119,13 +121,38 @@ def decode_secret(value: str | bytes, name: str) -> bytes:
     return check_secret(secret, name)
 
 
+def _looks_like_secret(value: str) -> bool:
+    """Hex, base64 of at least 16 bytes, or PEM text: not a file name anyone would choose."""
+    text = value.strip()
+    if "-----BEGIN " in text:
+        return True
+    if len(text) < 22:  # 16 bytes are 22 base64 characters without padding
+        return False
+    b64 = text.replace("-", "+").replace("_", "/").rstrip("=")
+    return bool(_HEX.fullmatch(text)) or bool(re.fullmatch(r"[A-Za-z0-9+/]+", b64))
+
+
 def _read_pem(path: str, name: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read(1 << 16)
     except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if not os.path.lexists(path):
+            # Not a file: the value may be key material put in the wrong place; never echo it.
+            hint = (
+                f" The value looks like key material itself: an HMAC secret goes in "
+                f"{ENV_SIGNING_KEY}; this variable takes the path of a PEM file."
+                if _looks_like_secret(path)
+                else ""
+            )
+            raise ConfigurationError(
+                f"{name} does not name an existing file (the value is not shown: it may be a "
+                f"secret).{hint} Point it at {what} in PEM format ({KEYGEN_HINT}).",
+                variable=name,
+            ) from None
         raise ConfigurationError(
-            f"{name} names {path!r}, which cannot be read ({exc.strerror or type(exc).__name__}). "
+            f"{name} names {path!r}, which cannot be read ({reason}). "
             f"Point it at {what} in PEM format ({KEYGEN_HINT}).",
             variable=name,
         ) from None

@@ -19,6 +19,20 @@ _HEX = {n: re.compile(f"[0-9a-f]{{{n}}}") for n in (16, 32, 64)}
 _JSON_KIND = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
+def preview(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about untrusted input (a
+    value read from a file may be megabytes long, or an integer too long to print)."""
+    if type(value) is int and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(n if len(n) <= 40 else n[:40] + "..." for n in names[:8])
+    return shown + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
 def kind(value: object) -> str:
     """The JSON name of ``value``'s type, for error messages."""
     if isinstance(value, Mapping):
@@ -74,7 +88,7 @@ def text(name: str, value: object, *, empty: bool = False) -> str:
 def one_of(name: str, value: object, allowed: Collection[str]) -> str:
     result = text(name, value)
     if result not in allowed:
-        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {result!r}")
+        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {preview(result)}")
     return result
 
 
@@ -82,7 +96,7 @@ def count(name: str, value: object) -> None:
     if type(value) is not int:
         raise TypeError(f"{name} must be an integer, got {kind(value)}")
     if not 0 <= value <= MAX_SAFE_INT:
-        raise ValueError(f"{name} must be between 0 and 2**53-1, got {value}")
+        raise ValueError(f"{name} must be between 0 and 2**53-1, got {preview(value)}")
 
 
 def optional_count(name: str, value: object) -> None:
@@ -94,14 +108,14 @@ def nanos(name: str, value: object) -> None:
     if type(value) is not int:
         raise TypeError(f"{name} must be integer Unix nanoseconds, got {kind(value)}")
     if not 0 <= value < 2**64:
-        raise ValueError(f"{name} must be between 0 and 2**64-1, got {value}")
+        raise ValueError(f"{name} must be between 0 and 2**64-1, got {preview(value)}")
 
 
 def money(name: str, value: object) -> str:
     result = text(name, value)
     if not _MONEY.fullmatch(result):
         raise ValueError(
-            f"{name} must be a fixed-point decimal string such as '0.0015', got {result!r}"
+            f"{name} must be a fixed-point decimal string such as '0.0015', got {preview(result)}"
         )
     return result
 
@@ -109,7 +123,7 @@ def money(name: str, value: object) -> str:
 def hex_digits(name: str, value: object, length: int) -> str:
     result = text(name, value)
     if not _HEX[length].fullmatch(result):
-        raise ValueError(f"{name} must be {length} lower-case hex digits, got {result!r}")
+        raise ValueError(f"{name} must be {length} lower-case hex digits, got {preview(result)}")
     return result
 
 
@@ -124,13 +138,13 @@ def attributes(value: object) -> dict[str, str | int | bool]:
         raise TypeError(f"attributes must be a mapping, got {kind(value)}")
     out: dict[str, str | int | bool] = {}
     for key, item in value.items():
-        name = f"attributes[{key!r}]"
+        name = f"attributes[{preview(key, 40)}]"
         key = text("an attribute name", key)
         if type(item) is bool:
             out[key] = item
         elif type(item) is int:
             if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
-                raise ValueError(f"{name} must be within +-(2**53-1), got {item}")
+                raise ValueError(f"{name} must be within +-(2**53-1), got {preview(item)}")
             out[key] = item
         elif isinstance(item, str):
             out[key] = text(name, item, empty=True)
@@ -148,8 +162,8 @@ def exact_keys(name: str, value: object, fields: Collection[str]) -> Mapping[str
     if missing or unknown:
         problems = []
         if missing:
-            problems.append(f"missing field(s) {', '.join(missing)}")
+            problems.append(f"missing field(s) {_names(missing)}")
         if unknown:
-            problems.append(f"unknown field(s) {', '.join(unknown)}")
+            problems.append(f"unknown field(s) {_names(unknown)}")
         raise ValueError(f"{name} has {' and '.join(problems)}")
     return value

@@ -239,7 +239,7 @@ class Receipt:
 
     def __post_init__(self) -> None:
         if self.schema != SCHEMA:
-            raise ValueError(f"schema must be {SCHEMA!r}, got {self.schema!r}")
+            raise ValueError(f"schema must be {SCHEMA!r}, got {v.preview(self.schema)}")
         v.assign(self, "schema", SCHEMA)
         v.text_field(self, "receipt_id", "receipt_id")
         v.text_field(self, "stream_id", "stream_id")
@@ -256,7 +256,8 @@ class Receipt:
         expected = _REASON_CATEGORY[reason]
         if self.category != expected:
             raise ValueError(
-                f"category must be {expected!r} for reason {reason!r}, got {self.category!r}"
+                f"category must be {expected!r} for reason {reason!r}, "
+                f"got {v.preview(self.category)}"
             )
         v.assign(self, "category", expected)
         if self.detail is not None:
@@ -371,7 +372,7 @@ def _opt_str(value: int | None) -> str | None:
 def _parse_time(name: str, value: object) -> int:
     if type(value) is not str or not _TIME_STRING.fullmatch(value):
         raise TypeError(
-            f"times.{name} must be a string of decimal integer nanoseconds, got {value!r}"
+            f"times.{name} must be a string of decimal integer nanoseconds, got {v.preview(value)}"
         )
     return int(value)
 

@@ -1,8 +1,9 @@
 """Which streams belong to the ASGI request (or WebSocket) being served.
 
 The middleware sets a request scope in a contextvar, registered as an owner scope
-(``streamguard._engine.owners``): every stream begun under it is added (in the request's task, its child tasks, and threadpool workers, which copy
-the context). The scope holds cores, never the application's stream objects.
+(``streamguard._engine.owners``): every stream begun under it is added (in the request's
+task, its child tasks, and threadpool workers, which copy the context). The scope holds
+cores, never the application's stream objects.
 """
 
 from __future__ import annotations

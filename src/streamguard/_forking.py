@@ -1,0 +1,90 @@
+"""What a forked child does to the runtime it inherited (see docs/forking.md).
+
+``streamguard._runtime`` registers an ``os.register_at_fork`` hook that calls
+``make_runtime_the_childs`` for every live runtime, in the child, before the child runs any
+other code. Afterwards the child has:
+
+- a chain of its own: a new ``Ledger`` (new ledger id, seq from 0; a configured ledger id gets
+  a random suffix), so no two processes write the same ``(ledger_id, seq)``;
+- a fresh registry and watchdog, fresh locks (a lock another thread held at the fork would
+  stay held in the child), its own ledger file handle, Redis connections and cancel listener;
+- no claim on the parent's streams: each core that was open at the fork is disowned, so the
+  child never closes its socket (shared with the parent: closing it would cut the parent's
+  stream) nor seals a receipt for it. The parent does, once.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+from streamguard._engine import loopthread
+from streamguard._engine.core import FINAL, StreamCore
+from streamguard._engine.reasons import StopReason
+from streamguard._engine.watchdog import Watchdog
+from streamguard._receipts.chain import Ledger
+
+if TYPE_CHECKING:
+    from streamguard._runtime import Runtime
+
+__all__ = ["forget_background_loop", "make_runtime_the_childs"]
+
+
+def forget_background_loop() -> None:
+    """The parent's background loop thread does not exist in the child; start anew on use."""
+    loopthread.forget_after_fork()
+
+
+def make_runtime_the_childs(runtime: Runtime) -> None:
+    """Give ``runtime`` the child's own chain, registry, timers, connections and locks."""
+    from streamguard._runtime import report_fault
+
+    inherited = list(runtime._streams.values())
+    runtime._streams = {}
+    runtime._lock = threading.Lock()
+    for core in inherited:
+        disown(core)
+    runtime.ledger = Ledger(runtime.signer, ledger_id=child_ledger_id(runtime.options.ledger_id))
+    runtime.watchdog = Watchdog()
+    lock_type = type(runtime._lock)
+    for part in (runtime.pricing, runtime.telemetry, runtime.lengths, runtime.budget_store):
+        if isinstance(getattr(part, "_lock", None), lock_type):
+            part._lock = threading.Lock()
+    for part in (*runtime.sinks, runtime.budget_store):
+        hook = getattr(part, "_after_fork_in_child", None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception as exc:
+                report_fault(f"fork.{type(part).__name__}", exc)
+    if runtime.remote is not None:
+        try:
+            runtime.remote = runtime.remote.restarted()
+        except Exception as exc:
+            runtime.remote = None
+            report_fault("fork.remote_cancel", exc)
+
+
+def disown(core: StreamCore) -> None:
+    """A stream of the parent, seen in the child: inert here, never closed or sealed.
+
+    Its stop reason is set (so ``request_stop`` is a no-op returning False), its closers are
+    dropped and it counts as final (so nothing waits for a receipt the child will not seal).
+    """
+    core._lock = threading.Lock()
+    core._close = core._aclose = core._abort = None
+    core.watch = None
+    if core.stop_reason is None:
+        core.stop_reason = StopReason.SHUTDOWN
+        core.detail = "inherited by a forked child process; the parent seals its receipt"
+    core.phase = FINAL
+    core._receipt_waiters = []
+    done = threading.Event()
+    done.set()
+    core._final_event = done
+
+
+def child_ledger_id(configured: str | None) -> str | None:
+    """None (a fresh random id) unless configured: then the parent's id with a random suffix."""
+    return None if configured is None else f"{configured}-{uuid.uuid4().hex[:12]}"
