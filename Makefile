@@ -48,11 +48,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamguard demo
 
-LINTED := $(wildcard src tests benchmarks examples dashboards)
+LINTED := $(wildcard src tests benchmarks examples dashboards scripts)
 
+# ruff; the floors of STYLE.md (import-linter contracts in pyproject.toml); no import circle.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) scripts/import_cycles.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

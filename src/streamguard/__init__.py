@@ -7,6 +7,7 @@ one signed, hash-chained receipt, emitted on its span and as an OTLP log record.
 
 from __future__ import annotations
 
+from streamguard import _forking  # noqa: F401 (registers the at-fork hook)
 from streamguard._config import Options
 from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
 from streamguard._engine.handle import StreamHandle, active_streams, cancel_stream

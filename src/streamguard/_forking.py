@@ -1,8 +1,8 @@
 """What a forked child does to the runtime it inherited (see docs/forking.md).
 
-``streamguard._runtime`` registers an ``os.register_at_fork`` hook that calls
-``make_runtime_the_childs`` for every live runtime, in the child, before the child runs any
-other code. Afterwards the child has:
+This module registers an ``os.register_at_fork`` hook (imported with ``streamguard``) that
+calls ``make_runtime_the_childs`` for every live runtime, in the child, before the child runs
+any other code. Afterwards the child has:
 
 - a chain of its own: a new ``Ledger`` (new ledger id, seq from 0; a configured ledger id gets
   a random suffix), so no two processes write the same ``(ledger_id, seq)``;
@@ -11,22 +11,24 @@ other code. Afterwards the child has:
 - no claim on the parent's streams: each core that was open at the fork is disowned, so the
   child never closes its socket (shared with the parent: closing it would cut the parent's
   stream) nor seals a receipt for it. The parent does, once.
+
+Floor: above ``_runtime``, whose internals it resets (split off to keep the runtime small);
+nothing below imports it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
-from typing import TYPE_CHECKING
 
+from streamguard import _runtime
 from streamguard._engine import loopthread
 from streamguard._engine.core import FINAL, StreamCore
 from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Watchdog
 from streamguard._receipts.chain import Ledger
-
-if TYPE_CHECKING:
-    from streamguard._runtime import Runtime
+from streamguard._runtime import Runtime, report_fault
 
 __all__ = ["forget_background_loop", "make_runtime_the_childs"]
 
@@ -38,7 +40,6 @@ def forget_background_loop() -> None:
 
 def make_runtime_the_childs(runtime: Runtime) -> None:
     """Give ``runtime`` the child's own chain, registry, timers, connections and locks."""
-    from streamguard._runtime import report_fault
 
     inherited = list(runtime._streams.values())
     runtime._streams = {}
@@ -88,3 +89,24 @@ def disown(core: StreamCore) -> None:
 def child_ledger_id(configured: str | None) -> str | None:
     """None (a fresh random id) unless configured: then the parent's id with a random suffix."""
     return None if configured is None else f"{configured}-{uuid.uuid4().hex[:12]}"
+
+
+def _after_fork_in_child() -> None:
+    """``os.fork()`` hook (gunicorn, uWSGI, Celery prefork, multiprocessing "fork").
+
+    Runs in the child before it returns from ``fork()``; see docs/forking.md.
+    """
+    _runtime._current_lock = threading.Lock()
+    _runtime._PID = os.getpid()  # the child's own atexit shutdown seals its open streams
+    forget_background_loop()
+    for runtime in list(_runtime._runtimes):
+        if runtime.closed:
+            continue
+        try:
+            make_runtime_the_childs(runtime)
+        except Exception as exc:
+            report_fault("fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

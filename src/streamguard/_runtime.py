@@ -16,7 +16,6 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from streamguard import _forking
 from streamguard._config import Options
 from streamguard._engine import owners, ports
 from streamguard._engine.core import StreamCore
@@ -377,28 +376,6 @@ def _at_exit() -> None:
 
 _PID = os.getpid()
 
-
-def _after_fork_in_child() -> None:
-    """``os.fork()`` hook (gunicorn, uWSGI, Celery prefork, multiprocessing "fork").
-
-    Runs in the child before it returns from ``fork()``; see ``streamguard._forking`` and
-    docs/forking.md.
-    """
-    global _current_lock, _PID
-    _current_lock = threading.Lock()
-    _PID = os.getpid()  # the child's own atexit shutdown seals the child's open streams
-    _forking.forget_background_loop()
-    for runtime in list(_runtimes):
-        if runtime.closed:
-            continue
-        try:
-            _forking.make_runtime_the_childs(runtime)
-        except Exception as exc:
-            report_fault("fork", exc)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # The engine asks its host through ports, and budgets report store failures through a hook:
 # neither imports the runtime. Plug them in.

@@ -52,7 +52,7 @@ def _main(argv: list[str] | None) -> int:
 
         return verify_main(argv[1:])
     if argv and argv[0] == "report":
-        from streamguard._report import report_main
+        from streamguard._report_cli import report_main
 
         return report_main(argv[1:])
     args = parser.parse_args(argv)
