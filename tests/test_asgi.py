@@ -170,7 +170,7 @@ def _receipt_for(sink: InMemoryReceiptSink, before: int, timeout: float = 3.0) -
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama"])
 def test_client_disconnect_stops_upstream_within_100ms(
     upstream, sink, server, provider, mode
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     url, counter = server
     counter.sent = 0
     receipts_before = len(sink.receipts)
@@ -199,7 +199,7 @@ def test_client_disconnect_stops_upstream_within_100ms(
     assert receipt.tokens.produced >= receipt.tokens.committed >= receipt.tokens.consumed
 
 
-def test_sse_helper_and_cancel_endpoint(upstream, sink, server) -> None:  # type: ignore[no-untyped-def]
+def test_sse_helper_and_cancel_endpoint(upstream, sink, server) -> None:
     url, _ = server
     before = len(sink.receipts)
     requests_before = len(upstream.requests)
@@ -230,7 +230,7 @@ def test_sse_helper_and_cancel_endpoint(upstream, sink, server) -> None:  # type
         assert http.post(f"{url}/streams/{stream_id}/cancel").status_code == 404
 
 
-def test_websocket_client_closing_stops_upstream(upstream, sink, server) -> None:  # type: ignore[no-untyped-def]
+def test_websocket_client_closing_stops_upstream(upstream, sink, server) -> None:
     from websockets.sync.client import connect
 
     url, _ = server
@@ -248,7 +248,7 @@ def test_websocket_client_closing_stops_upstream(upstream, sink, server) -> None
     assert _receipt_for(sink, before).reason == "client_disconnect"
 
 
-def test_websocket_cancel_message(upstream, sink, server) -> None:  # type: ignore[no-untyped-def]
+def test_websocket_cancel_message(upstream, sink, server) -> None:
     from websockets.sync.client import connect
 
     url, _ = server

@@ -56,11 +56,11 @@ def client(up: Upstream) -> openai.OpenAI:
     return openai.OpenAI(base_url=up.openai_base_url, api_key="k", max_retries=0)
 
 
-def spend(receipt) -> Decimal:  # type: ignore[no-untyped-def]
+def spend(receipt) -> Decimal:
     return Decimal(receipt.cost.input or 0) + Decimal(receipt.cost.output or 0)
 
 
-def test_exhausted_budget_rejects_before_any_request(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_exhausted_budget_rejects_before_any_request(upstream, sink) -> None:
     instrument(sink, Budget(limit_usd="0", name="zero"))
     before = len(upstream.requests)
     c = client(upstream)
@@ -76,7 +76,7 @@ def test_exhausted_budget_rejects_before_any_request(upstream, sink) -> None:  #
     assert Decimal(r.cost.prevented_estimate) == 100 * PRICE.output
 
 
-def test_budget_runs_out_mid_stream_after_the_last_paid_chunk(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_budget_runs_out_mid_stream_after_the_last_paid_chunk(upstream, sink) -> None:
     # Room for the prompt and about 20 output tokens.
     limit = 2 * PRICE.input + 20 * PRICE.output
     instrument(sink, Budget(limit_usd=limit, name="small"))
@@ -106,7 +106,7 @@ def streamguard_store_spent(budget: Budget) -> int:
     return spent
 
 
-def _run_threads(n: int, target) -> None:  # type: ignore[no-untyped-def]
+def _run_threads(n: int, target) -> None:
     threads = [threading.Thread(target=target) for _ in range(n)]
     for t in threads:
         t.start()
@@ -114,7 +114,7 @@ def _run_threads(n: int, target) -> None:  # type: ignore[no-untyped-def]
         t.join(60)
 
 
-def test_fifty_concurrent_threads_never_overshoot(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_fifty_concurrent_threads_never_overshoot(upstream, sink) -> None:
     limit = Decimal("0.005")  # room for ~500 output tokens; 50 streams want 2500
     instrument(sink, Budget(limit_usd=limit, name="shared"))
     c = client(upstream)
@@ -141,7 +141,7 @@ def test_fifty_concurrent_threads_never_overshoot(upstream, sink) -> None:  # ty
     assert {r.outcome for r in receipts} <= {"completed", "rejected", "cancelled"}
 
 
-async def test_fifty_concurrent_async_streams_never_overshoot(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_fifty_concurrent_async_streams_never_overshoot(upstream, sink) -> None:
     limit = Decimal("0.005")
     instrument(sink, Budget(limit_usd=limit, name="shared-async"))
     c = openai.AsyncOpenAI(base_url=upstream.openai_base_url, api_key="k", max_retries=0)
@@ -165,7 +165,7 @@ async def test_fifty_concurrent_async_streams_never_overshoot(upstream, sink) ->
     assert set(outcomes) == {"completed", "budget"}
 
 
-def test_scope_keys_separate_budgets(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_scope_keys_separate_budgets(upstream, sink) -> None:
     budget = Budget(limit_usd="0.0005", scope=("tenant",), name="per-tenant")
     instrument(sink, budget)
     c = client(upstream)
@@ -183,7 +183,7 @@ def test_scope_keys_separate_budgets(upstream, sink) -> None:  # type: ignore[no
     assert [r.reason for r in receipts] == ["budget_exceeded", "completed"]
 
 
-def test_per_request_budget_through_limits(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_per_request_budget_through_limits(upstream, sink) -> None:
     instrument(sink)
     c = client(upstream)
     with (
@@ -202,7 +202,7 @@ class DownStore(InMemoryBudgetStore):
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_unreachable_store_fails_open_or_closed(upstream, sink, mode, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_store_fails_open_or_closed(upstream, sink, mode, caplog) -> None:
     instrument(sink, Budget(limit_usd="1", on_store_error=mode, store=DownStore()))
     c = client(upstream)
     if mode == "open":
@@ -245,7 +245,7 @@ _WORKER = textwrap.dedent(
 )
 
 
-def test_two_processes_share_one_budget_through_redis(upstream, redis_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_processes_share_one_budget_through_redis(upstream, redis_url, tmp_path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     env = {**os.environ, "STREAMGUARD_REDIS_URL": redis_url}

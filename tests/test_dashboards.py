@@ -172,7 +172,7 @@ def test_every_promql_expression_parses_with_promtool(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- receipts
-def test_receipts_dashboard_filters_on_attributes_the_log_record_carries(runtime, otel) -> None:  # type: ignore[no-untyped-def]
+def test_receipts_dashboard_filters_on_attributes_the_log_record_carries(runtime, otel) -> None:
     g = GuardedIterator(iter(["a", "b"]), provider="openai", model="gpt-4o", max_tokens=5)
     next(g)
     g.close()
@@ -243,7 +243,7 @@ def traffic() -> Iterator[tuple[subprocess.Popen[str], int]]:
 
 
 @pytest.fixture
-def prometheus(traffic, tmp_path) -> Iterator[Prometheus]:  # type: ignore[no-untyped-def]
+def prometheus(traffic, tmp_path) -> Iterator[Prometheus]:
     exe = binary("prometheus")
     _, target = traffic
     port = _free_port()
@@ -300,7 +300,7 @@ def read_until(proc: subprocess.Popen[str], marker: str) -> list[str]:
 
 
 @pytest.mark.timeout(90)
-def test_every_dashboard_query_returns_data_from_a_real_prometheus(traffic, prometheus) -> None:  # type: ignore[no-untyped-def]
+def test_every_dashboard_query_returns_data_from_a_real_prometheus(traffic, prometheus) -> None:
     proc, _ = traffic
     (first,) = read_until(proc, "ready")
     assert json.loads(first)["budget"] == "BudgetExceeded"

@@ -31,7 +31,7 @@ class AsyncUpstream:
         return GuardedAsyncIterator(self.tokens(), aclose=self.aclose, model="m", **kw)  # type: ignore[arg-type]
 
 
-async def one_receipt(sink):  # type: ignore[no-untyped-def]
+async def one_receipt(sink):
     for _ in range(200):
         if sink.receipts:
             break
@@ -41,7 +41,7 @@ async def one_receipt(sink):  # type: ignore[no-untyped-def]
     return sink.receipts[0]
 
 
-async def test_exhaust(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_exhaust(runtime, sink) -> None:
     up = AsyncUpstream(n=5)
     assert [t async for t in up.guard()] == [f" w{i}" for i in range(5)]
     r = await one_receipt(sink)
@@ -49,7 +49,7 @@ async def test_exhaust(runtime, sink) -> None:  # type: ignore[no-untyped-def]
     assert up.closes == 1
 
 
-async def test_aclose_and_async_with(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_aclose_and_async_with(runtime, sink) -> None:
     up = AsyncUpstream()
     async with up.guard() as g:
         await g.__anext__()
@@ -57,7 +57,7 @@ async def test_aclose_and_async_with(runtime, sink) -> None:  # type: ignore[no-
     assert (await one_receipt(sink)).reason == "consumer_closed"
 
 
-async def test_break_then_drop(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_break_then_drop(runtime, sink) -> None:
     up = AsyncUpstream()
     async for i in up.guard():
         if i == " w3":
@@ -67,7 +67,7 @@ async def test_break_then_drop(runtime, sink) -> None:  # type: ignore[no-untype
     assert (r.reason, r.tokens.produced, r.tokens.consumed) == ("consumer_closed", 4, 3)
 
 
-async def test_cancel_at_the_read_boundary(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_at_the_read_boundary(runtime, sink) -> None:
     up = AsyncUpstream(delay=0.05)
     g = up.guard()
 
@@ -84,7 +84,7 @@ async def test_cancel_at_the_read_boundary(runtime, sink) -> None:  # type: igno
     assert (await one_receipt(sink)).reason == "consumer_cancelled"
 
 
-async def test_task_cancelled_inside_consumer_code(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_task_cancelled_inside_consumer_code(runtime, sink) -> None:
     up = AsyncUpstream()
     g = up.guard()
     entered = asyncio.Event()
@@ -107,7 +107,7 @@ async def test_task_cancelled_inside_consumer_code(runtime, sink) -> None:  # ty
     assert (r.tokens.committed, r.tokens.consumed) == (1, 0)
 
 
-async def test_exception_inside_loop_in_a_task(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_exception_inside_loop_in_a_task(runtime, sink) -> None:
     up = AsyncUpstream()
     g = up.guard()
 
@@ -121,7 +121,7 @@ async def test_exception_inside_loop_in_a_task(runtime, sink) -> None:  # type: 
     assert (await one_receipt(sink)).reason == "consumer_closed"
 
 
-async def test_task_that_returns_normally_does_not_cut_a_stream_handed_on(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_task_that_returns_normally_does_not_cut_a_stream_handed_on(runtime, sink) -> None:
     up = AsyncUpstream(n=6)
     g = up.guard()
     first = await asyncio.wait_for(g.__anext__(), 1)  # wait_for runs it in its own task
@@ -130,7 +130,7 @@ async def test_task_that_returns_normally_does_not_cut_a_stream_handed_on(runtim
     assert (await one_receipt(sink)).reason == "completed"
 
 
-async def test_drop_closes(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_drop_closes(runtime, sink) -> None:
     up = AsyncUpstream()
     g = up.guard()
     await g.__anext__()
@@ -140,7 +140,7 @@ async def test_drop_closes(runtime, sink) -> None:  # type: ignore[no-untyped-de
     assert (await one_receipt(sink)).reason == "consumer_closed"
 
 
-async def test_stall_and_deadline_use_loop_timers(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_stall_and_deadline_use_loop_timers(runtime, sink) -> None:
     up = AsyncUpstream()
     g = up.guard(stall_timeout=0.05)
     await g.__anext__()

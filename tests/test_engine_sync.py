@@ -40,14 +40,14 @@ class Upstream:
         return GuardedIterator(self.tokens(), close=self.close, provider="custom", model="m", **kw)  # type: ignore[arg-type]
 
 
-def only_receipt(sink: InMemoryReceiptSink, timeout: float = 2.0):  # type: ignore[no-untyped-def]
+def only_receipt(sink: InMemoryReceiptSink, timeout: float = 2.0):
     receipts = sink.wait_for(1, timeout)
     time.sleep(0.02)
     assert len(sink.receipts) == 1, sink.receipts
     return receipts[0]
 
 
-def test_exhausted_stream_gives_completed_receipt(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_exhausted_stream_gives_completed_receipt(runtime, sink) -> None:
     up = Upstream(n=10)
     assert list(up.guard()) == [f" w{i}" for i in range(10)]
     r = only_receipt(sink)
@@ -59,7 +59,7 @@ def test_exhausted_stream_gives_completed_receipt(runtime, sink) -> None:  # typ
     assert up.closes == 1
 
 
-def test_break_then_drop_closes_upstream_at_once(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_break_then_drop_closes_upstream_at_once(runtime, sink) -> None:
     up = Upstream(n=100)
     for i, _ in enumerate(up.guard()):
         if i == 4:
@@ -72,7 +72,7 @@ def test_break_then_drop_closes_upstream_at_once(runtime, sink) -> None:  # type
     assert r.tokens.prevented_estimate > 0
 
 
-def test_close_is_idempotent_and_iteration_then_ends(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_close_is_idempotent_and_iteration_then_ends(runtime, sink) -> None:
     up = Upstream()
     g = up.guard()
     next(g)
@@ -84,7 +84,7 @@ def test_close_is_idempotent_and_iteration_then_ends(runtime, sink) -> None:  # 
     assert only_receipt(sink).reason == "consumer_closed"
 
 
-def test_with_exit_closes(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_with_exit_closes(runtime, sink) -> None:
     up = Upstream()
     with up.guard() as g:
         next(g)
@@ -92,7 +92,7 @@ def test_with_exit_closes(runtime, sink) -> None:  # type: ignore[no-untyped-def
     assert only_receipt(sink).reason == "consumer_closed"
 
 
-def test_exception_in_loop_closes_when_the_traceback_is_gone(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_exception_in_loop_closes_when_the_traceback_is_gone(runtime, sink) -> None:
     up = Upstream()
 
     def consume() -> None:
@@ -107,7 +107,7 @@ def test_exception_in_loop_closes_when_the_traceback_is_gone(runtime, sink) -> N
     assert up.closes == 1
 
 
-def test_upstream_error_is_raised_unchanged_and_receipt_failed(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_error_is_raised_unchanged_and_receipt_failed(runtime, sink) -> None:
     up = Upstream(fail_at=3)
     got = []
     with pytest.raises(ConnectionError, match="upstream reset"):
@@ -119,7 +119,7 @@ def test_upstream_error_is_raised_unchanged_and_receipt_failed(runtime, sink) ->
     assert "ConnectionError" in (r.detail or "")
 
 
-def test_stalled_consumer_is_stopped_within_stall_timeout(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_stalled_consumer_is_stopped_within_stall_timeout(runtime, sink) -> None:
     up = Upstream()
     g = up.guard(stall_timeout=0.1)
     next(g)
@@ -134,7 +134,7 @@ def test_stalled_consumer_is_stopped_within_stall_timeout(runtime, sink) -> None
         next(g)
 
 
-def test_deadline_stops_a_slow_stream(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_deadline_stops_a_slow_stream(runtime, sink) -> None:
     up = Upstream(n=1000, delay=0.005)
     with pytest.raises(StreamCancelled) as info:
         for _ in up.guard(deadline=0.1):
@@ -145,7 +145,7 @@ def test_deadline_stops_a_slow_stream(runtime, sink) -> None:  # type: ignore[no
     assert r.tokens.produced < 1000
 
 
-def test_idle_upstream_is_stopped(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_idle_upstream_is_stopped(runtime, sink) -> None:
     up = Upstream(n=3, delay=0.5)
     with pytest.raises(StreamCancelled) as info:
         for _ in up.guard(idle_timeout=0.1):
@@ -154,7 +154,7 @@ def test_idle_upstream_is_stopped(runtime, sink) -> None:  # type: ignore[no-unt
     assert only_receipt(sink).category == "upstream"
 
 
-def test_cancel_by_stream_id_from_another_thread(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_by_stream_id_from_another_thread(runtime, sink) -> None:
     up = Upstream(n=1000, delay=0.002)
     g = up.guard()
     next(g)
@@ -170,7 +170,7 @@ def test_cancel_by_stream_id_from_another_thread(runtime, sink) -> None:  # type
     assert streamguard.cancel_stream(g.stream_id) is False
 
 
-def test_first_stop_wins(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_first_stop_wins(runtime, sink) -> None:
     up = Upstream()
     g = up.guard()
     next(g)
@@ -181,7 +181,7 @@ def test_first_stop_wins(runtime, sink) -> None:  # type: ignore[no-untyped-def]
     assert up.closes == 1
 
 
-def test_garbage_collection_of_abandoned_cycle_closes(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_garbage_collection_of_abandoned_cycle_closes(runtime, sink) -> None:
     up = Upstream()
     g = up.guard()
     next(g)
@@ -194,14 +194,14 @@ def test_garbage_collection_of_abandoned_cycle_closes(runtime, sink) -> None:  #
     assert up.closes == 1
 
 
-def test_unknown_reason_is_a_clear_error(runtime) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_reason_is_a_clear_error(runtime) -> None:
     g = Upstream().guard()
     with pytest.raises(ValueError, match="Unknown stop reason"):
         g.cancel("because")
     g.close()
 
 
-def test_runtime_shutdown_stops_open_streams(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_runtime_shutdown_stops_open_streams(runtime, sink) -> None:
     up = Upstream()
     g = up.guard()
     next(g)

@@ -22,7 +22,7 @@ def _meter(chunk: str) -> int:
     return 1
 
 
-def test_a_failing_meter_and_sink_do_not_break_the_stream(runtime, sink, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_meter_and_sink_do_not_break_the_stream(runtime, sink, caplog) -> None:
     runtime.sinks.insert(0, BrokenSink())
     caplog.set_level(logging.WARNING, logger="streamguard")
     chunks = ["a", "weird", "b", "weird", "c"]
@@ -38,7 +38,7 @@ def test_a_failing_meter_and_sink_do_not_break_the_stream(runtime, sink, caplog)
     del rt.faults[:]  # expected here; the autouse check would fail the test otherwise
 
 
-def test_application_errors_still_propagate(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_application_errors_still_propagate(runtime, sink) -> None:
     with pytest.raises(ZeroDivisionError):
         for _ in GuardedIterator(iter(["a", "b"]), model="m"):
             1 / 0  # noqa: B018 - the application's own bug

@@ -103,7 +103,7 @@ def test_unsupported_version_is_refused_with_a_clear_message(
         name = distribution = "openai"
         supported = ("0.1", "0.2")
 
-        def targets(self):  # type: ignore[no-untyped-def]
+        def targets(self):
             raise AssertionError("must not patch an unsupported version")
 
     assert FutureSDK().patch() is False
@@ -128,7 +128,7 @@ def test_entry_point_is_registered() -> None:
     assert ep.load().__name__ == "StreamGuardInstrumentor"
 
 
-def test_opentelemetry_instrument_guards_streams_without_code_change(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_opentelemetry_instrument_guards_streams_without_code_change(tmp_path) -> None:
     ledger = tmp_path / "receipts.jsonl"
     app = tmp_path / "app.py"
     with Upstream(token_interval=0.005) as up:
@@ -172,7 +172,7 @@ def test_opentelemetry_instrument_guards_streams_without_code_change(tmp_path) -
     assert '"reason":"shutdown"' in lines[0]
 
 
-def test_guard_one_stream_without_instrument(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+def test_guard_one_stream_without_instrument(runtime, sink) -> None:
     assert not streamguard.is_instrumented()
     with Upstream(token_interval=0.005) as up:
         client = openai.OpenAI(base_url=up.openai_base_url, api_key="k", max_retries=0)
@@ -200,7 +200,7 @@ def test_guard_one_stream_without_instrument(runtime, sink) -> None:  # type: ig
         assert record.disconnected_ns is not None
 
 
-def test_uninstrument_leaves_no_thread_task_or_socket_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_uninstrument_leaves_no_thread_task_or_socket_behind(tmp_path) -> None:
     import threading
 
     with Upstream(token_interval=0.005) as up:
@@ -231,5 +231,5 @@ def test_uninstrument_leaves_no_thread_task_or_socket_behind(tmp_path) -> None: 
 
 
 class _Idle:
-    async def run(self, *, out_q, cancel_event, stats) -> None:  # type: ignore[no-untyped-def]
+    async def run(self, *, out_q, cancel_event, stats) -> None:
         await cancel_event.wait()

@@ -149,7 +149,7 @@ def test_metrics_arrive(receiver: OTLPReceiver, transport: str) -> None:
     assert receiver.metric_names(transport) >= METRICS
 
 
-def test_receipts_from_the_wire_pass_streamguard_verify(receiver: OTLPReceiver, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_receipts_from_the_wire_pass_streamguard_verify(receiver: OTLPReceiver, tmp_path) -> None:
     logs = receiver.receipt_lines("logs")
     spans = receiver.receipt_lines("traces")
     verifier = HmacSigner(bytes.fromhex(KEY_HEX), key_id="wire").verifier()

@@ -75,7 +75,7 @@ def run(
         ("sentence_boundary", {"max_buffer_chars": 25}),
     ],
 )
-def test_blocked_output_never_reaches_the_application(upstream, strategy, kw) -> None:  # type: ignore[no-untyped-def]
+def test_blocked_output_never_reaches_the_application(upstream, strategy, kw) -> None:
     sink = InMemoryReceiptSink()
     checker = Keyword()
     text, error = run(upstream, StreamPolicy(checker, strategy=strategy, **kw), sink)
@@ -88,7 +88,7 @@ def test_blocked_output_never_reaches_the_application(upstream, strategy, kw) ->
     assert r.tokens.committed < r.tokens.produced
 
 
-def test_periodic_evaluation_respects_its_interval(upstream) -> None:  # type: ignore[no-untyped-def]
+def test_periodic_evaluation_respects_its_interval(upstream) -> None:
     sink = InMemoryReceiptSink()
     checker = Keyword(word=" never")
     text, error = run(upstream, StreamPolicy(checker, strategy="periodic", every_chars=40), sink)
@@ -100,7 +100,7 @@ def test_periodic_evaluation_respects_its_interval(upstream) -> None:  # type: i
     assert len(checker.seen) <= len(text) // 40 + 2
 
 
-def test_end_only_flags_but_cannot_prevent(upstream) -> None:  # type: ignore[no-untyped-def]
+def test_end_only_flags_but_cannot_prevent(upstream) -> None:
     sink = InMemoryReceiptSink()
     checker = Keyword()
     text, error = run(upstream, StreamPolicy(checker, strategy="end_only"), sink)
@@ -112,7 +112,7 @@ def test_end_only_flags_but_cannot_prevent(upstream) -> None:  # type: ignore[no
     assert r.attributes["policy.policy"] == "keyword"
 
 
-def test_without_early_termination_records_and_continues(upstream) -> None:  # type: ignore[no-untyped-def]
+def test_without_early_termination_records_and_continues(upstream) -> None:
     sink = InMemoryReceiptSink()
     policy = StreamPolicy(Keyword(), strategy="continuous", early_termination=False, name="audit")
     text, error = run(upstream, policy, sink)
@@ -121,7 +121,7 @@ def test_without_early_termination_records_and_continues(upstream) -> None:  # t
     assert sink.wait_for(1, 2)[0].attributes["policy.audit"] == "keyword"
 
 
-async def test_async_check_on_async_stream(upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_async_check_on_async_stream(upstream) -> None:
     sink = InMemoryReceiptSink()
     calls = 0
 
@@ -149,7 +149,7 @@ async def test_async_check_on_async_stream(upstream) -> None:  # type: ignore[no
     assert calls >= 30
 
 
-def test_max_output_tokens_caps_the_stream(upstream) -> None:  # type: ignore[no-untyped-def]
+def test_max_output_tokens_caps_the_stream(upstream) -> None:
     sink = InMemoryReceiptSink()
     streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"))
     c = openai.OpenAI(base_url=upstream.openai_base_url, api_key="k", max_retries=0)
@@ -167,7 +167,7 @@ def test_max_output_tokens_caps_the_stream(upstream) -> None:  # type: ignore[no
     assert (r.reason, r.category, r.tokens.committed) == ("max_output_tokens", "policy", 10)
 
 
-def test_per_request_deadline(upstream) -> None:  # type: ignore[no-untyped-def]
+def test_per_request_deadline(upstream) -> None:
     sink = InMemoryReceiptSink()
     streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"))
     c = openai.OpenAI(base_url=upstream.openai_base_url, api_key="k", max_retries=0)

@@ -67,7 +67,7 @@ def _exhaust(up: Upstream, provider: str, model: str, max_tokens: int) -> None:
 )
 def test_cost_is_tokens_times_the_genai_prices_price(
     upstream, sink, provider, prices_id, model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"))
     _exhaust(upstream, provider, model, 40)
     r = sink.wait_for(1, 2)[0]
@@ -80,7 +80,7 @@ def test_cost_is_tokens_times_the_genai_prices_price(
     assert r.cost.undelivered == "0"
 
 
-def test_unknown_model_has_null_cost_never_an_invented_price(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_model_has_null_cost_never_an_invented_price(upstream, sink) -> None:
     streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"))
     _exhaust(upstream, "openai", "house-model-7b", 10)
     _exhaust(upstream, "ollama", "llama3", 10)
@@ -94,7 +94,7 @@ def test_unknown_model_has_null_cost_never_an_invented_price(upstream, sink) -> 
         assert r.cost.pricing_source == "unknown"
 
 
-def test_price_overrides_and_price_function(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_price_overrides_and_price_function(upstream, sink) -> None:
     def price_function(provider: str, model: str) -> Price | None:
         return (
             Price(Decimal("0.000001"), Decimal("0.000002"), "house") if model == "llama3" else None
@@ -119,7 +119,7 @@ def test_cached_input_is_priced_as_cache_reads() -> None:
     assert (price.input, price.cached_input) == (Decimal("0.0000025"), Decimal("0.00000125"))
 
 
-def test_whole_completion_billing_prevents_nothing(upstream, sink) -> None:  # type: ignore[no-untyped-def]
+def test_whole_completion_billing_prevents_nothing(upstream, sink) -> None:
     streamguard.instrument(
         sinks=[sink],
         signer=HmacSigner(bytes(32), key_id="t"),
@@ -139,7 +139,7 @@ def test_whole_completion_billing_prevents_nothing(upstream, sink) -> None:  # t
     )
 
 
-def _drift_points(otel) -> dict[str, tuple[float, int]]:  # type: ignore[no-untyped-def]
+def _drift_points(otel) -> dict[str, tuple[float, int]]:
     data = otel.metrics.get_metrics_data()
     out: dict[str, tuple[float, int]] = {}
     for rm in data.resource_metrics if data else []:
@@ -161,7 +161,7 @@ DRIFT_TOLERANCE = 0.10
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama"])
 @pytest.mark.parametrize("max_tokens", [10, 100, 500, 1000])
-def test_estimator_drift_stays_within_tolerance(upstream, sink, otel, provider, max_tokens) -> None:  # type: ignore[no-untyped-def]
+def test_estimator_drift_stays_within_tolerance(upstream, sink, otel, provider, max_tokens) -> None:
     model = f"drift-{provider}-{max_tokens}"
     streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"))
     before = _drift_points(otel).get(model, (0.0, 0))

@@ -16,13 +16,13 @@ PROMPT = [{"role": "user", "content": "two words"}]
 
 
 @pytest.fixture(scope="module")
-def upstream():  # type: ignore[no-untyped-def]
+def upstream():
     with Upstream(token_interval=0.002) as up:
         yield up
 
 
 @pytest.fixture
-def guarded(otel):  # type: ignore[no-untyped-def]
+def guarded(otel):
     sink = InMemoryReceiptSink()
     streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="test"))
     otel.clear()
@@ -34,7 +34,7 @@ CLIENTS: list[object] = []
 
 
 @pytest.fixture(autouse=True)
-def _close_clients():  # type: ignore[no-untyped-def]
+def _close_clients():
     yield
     while CLIENTS:
         client = CLIENTS.pop()
@@ -71,7 +71,7 @@ def _open(provider: str, up: Upstream) -> object:
 )
 def test_completed_stream_span_has_genai_attributes(
     provider, model, upstream, guarded, otel
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     for _ in _open(provider, upstream):  # type: ignore[attr-defined]
         pass
     receipt = guarded.wait_for(1, 2)[0]

@@ -30,7 +30,7 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def example_app(upstream, redis_url, tmp_path_factory) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
+def example_app(upstream, redis_url, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """examples/fastapi_sse.py served by uvicorn in its own process, with Redis and a ledger."""
     ledger = tmp_path_factory.mktemp("ledger") / "receipts.jsonl"
     port = _free_port()
@@ -85,7 +85,7 @@ def _ledger_receipts(ledger: Path, n: int, timeout: float = 5.0) -> list[dict[st
     raise AssertionError(f"expected {n} receipts in the ledger")
 
 
-def test_cancel_from_another_process_through_redis(upstream, redis_url, example_app) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_from_another_process_through_redis(upstream, redis_url, example_app) -> None:
     url, ledger = example_app
     before = len(ledger.read_text().splitlines()) if ledger.exists() else 0
     requests_before = len(upstream.requests)
@@ -128,7 +128,7 @@ def test_cancel_from_another_process_through_redis(upstream, redis_url, example_
     )
 
 
-def test_stop_button_in_headless_chromium(upstream, example_app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_stop_button_in_headless_chromium(upstream, example_app, tmp_path) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("CI"):

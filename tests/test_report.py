@@ -113,7 +113,7 @@ def ledger_file(tmp_path: Path) -> tuple[Path, list[Receipt]]:
     return path, receipts
 
 
-def test_json_summary_has_exact_totals_by_model_reason_outcome_and_day(ledger_file, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_json_summary_has_exact_totals_by_model_reason_outcome_and_day(ledger_file, capsys) -> None:
     path, receipts = ledger_file
     assert main(["report", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -147,7 +147,7 @@ def test_money_is_summed_as_decimal_not_float() -> None:
     assert all(type(b.spend) is Decimal for b in summary.by_model.values())
 
 
-def test_loki_and_otlp_exports_of_the_same_receipts_count_once(ledger_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_loki_and_otlp_exports_of_the_same_receipts_count_once(ledger_file, tmp_path) -> None:
     path, receipts = ledger_file
     loki = tmp_path / "loki.jsonl"  # `logcli query --output jsonl`: the receipt under "line"
     loki.write_text("".join(json.dumps({"line": r.to_json()}) + "\n" for r in receipts[:30]))
@@ -163,7 +163,7 @@ def test_loki_and_otlp_exports_of_the_same_receipts_count_once(ledger_file, tmp_
 
 def test_lines_without_receipts_are_reported_one_by_one_and_exit_1(
     ledger_file, tmp_path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     path, _ = ledger_file
     noisy = tmp_path / "noisy.jsonl"
     noisy.write_text('not json\n{"message": "hello"}\n\n' + path.read_text())
@@ -176,7 +176,7 @@ def test_lines_without_receipts_are_reported_one_by_one_and_exit_1(
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
 
 
-def test_terminal_summary_shows_totals_and_tables(ledger_file, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_summary_shows_totals_and_tables(ledger_file, capsys) -> None:
     path, _ = ledger_file
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out
@@ -186,7 +186,7 @@ def test_terminal_summary_shows_totals_and_tables(ledger_file, capsys) -> None: 
     assert "20 stream(s) had no known price" in out
 
 
-def test_long_inputs_show_a_progress_bar(ledger_file) -> None:  # type: ignore[no-untyped-def]
+def test_long_inputs_show_a_progress_bar(ledger_file) -> None:
     path, _ = ledger_file
     shown = io.StringIO()
     console = Console(file=shown, force_terminal=True, width=100)

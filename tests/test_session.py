@@ -53,7 +53,7 @@ def test_seed_example_runs_as_written() -> None:
     assert session.stats["model"] == "local"
 
 
-async def test_cancel_mid_stream_stops_producer_and_counts(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_mid_stream_stops_producer_and_counts(runtime, sink) -> None:
     producer = LocalProducer(n=10_000)
     stats: dict[str, Any] = {}
     session = StreamSession(producer=producer, N=5, M=2, stats=stats)
@@ -81,7 +81,7 @@ async def test_cancel_mid_stream_stops_producer_and_counts(runtime, sink) -> Non
     assert stats["reason"] == "manual"
 
 
-async def test_million_tokens_against_slow_consumer_stays_within_bounds(runtime) -> None:  # type: ignore[no-untyped-def]
+async def test_million_tokens_against_slow_consumer_stays_within_bounds(runtime) -> None:
     producer = LocalProducer(n=1_000_000, delay=0)
     stats: dict[str, Any] = {}
     session = StreamSession(producer=producer, N=8, M=2, stats=stats)
@@ -107,7 +107,7 @@ async def test_million_tokens_against_slow_consumer_stays_within_bounds(runtime)
     assert receipt is not None and receipt.reason == "manual"
 
 
-async def test_stalled_consumer_is_stopped(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_stalled_consumer_is_stopped(runtime, sink) -> None:
     session = StreamSession(producer=LocalProducer(n=1000, delay=0), N=4, M=2, stall_timeout=0.1)
     session.start()
     await session.__anext__()
@@ -131,7 +131,7 @@ class RaisingProducer:
         raise RuntimeError("model crashed")
 
 
-async def test_producer_that_raises_stops_safely(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_producer_that_raises_stops_safely(runtime, sink) -> None:
     session = StreamSession(producer=RaisingProducer(), N=4, M=2)
     session.start()
     got = []
@@ -154,7 +154,7 @@ class StubbornProducer:
             await asyncio.sleep(0.001)
 
 
-async def test_producer_ignoring_cancel_is_cut_off_after_grace(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_producer_ignoring_cancel_is_cut_off_after_grace(runtime, sink) -> None:
     session = StreamSession(producer=StubbornProducer(), N=4, M=2, cancel_grace=0.1)
     session.start()
     await session.__anext__()
@@ -173,7 +173,7 @@ class SilentProducer:
         await cancel_event.wait()
 
 
-async def test_producer_that_never_yields_is_stopped_as_idle(runtime, sink) -> None:  # type: ignore[no-untyped-def]
+async def test_producer_that_never_yields_is_stopped_as_idle(runtime, sink) -> None:
     session = StreamSession(producer=SilentProducer(), N=4, M=2, idle_timeout=0.1)
     session.start()
     with pytest.raises(StreamCancelled) as info:

@@ -45,7 +45,7 @@ def _open(provider: str, up: Upstream) -> tuple[object, object]:
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama"])
-def test_idle_timeout_closes_a_connection_blocked_in_a_read(upstream, provider) -> None:  # type: ignore[no-untyped-def]
+def test_idle_timeout_closes_a_connection_blocked_in_a_read(upstream, provider) -> None:
     sink = InMemoryReceiptSink()
     streamguard.instrument(
         sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"), idle_timeout=IDLE

@@ -11,7 +11,7 @@ from streamguard import GuardedIterator
 from streamguard._telemetry import names
 
 
-def test_span_event_and_log_record_share_receipt_and_trace(runtime, sink, otel) -> None:  # type: ignore[no-untyped-def]
+def test_span_event_and_log_record_share_receipt_and_trace(runtime, sink, otel) -> None:
     g = GuardedIterator(iter(["a", "b", "c"]), provider="openai", model="gpt-4o", max_tokens=50)
     next(g)
     g.close()
@@ -67,8 +67,8 @@ def test_span_event_and_log_record_share_receipt_and_trace(runtime, sink, otel) 
     }
 
 
-def test_upstream_failure_sets_error_status(runtime, sink, otel) -> None:  # type: ignore[no-untyped-def]
-    def broken():  # type: ignore[no-untyped-def]
+def test_upstream_failure_sets_error_status(runtime, sink, otel) -> None:
+    def broken():
         yield "a"
         raise ConnectionResetError("reset")
 
@@ -80,7 +80,7 @@ def test_upstream_failure_sets_error_status(runtime, sink, otel) -> None:  # typ
     assert span.attributes["error.type"] == "ConnectionResetError"  # type: ignore[index]
 
 
-def _stream_counts(otel) -> dict[tuple[str, str], int]:  # type: ignore[no-untyped-def]
+def _stream_counts(otel) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
     data = otel.metrics.get_metrics_data()
     for rm in data.resource_metrics if data else []:
@@ -97,7 +97,7 @@ def _stream_counts(otel) -> dict[tuple[str, str], int]:  # type: ignore[no-untyp
     return counts
 
 
-def test_metric_names_units_and_attributes(runtime, sink, otel) -> None:  # type: ignore[no-untyped-def]
+def test_metric_names_units_and_attributes(runtime, sink, otel) -> None:
     before = _stream_counts(otel)
     g = GuardedIterator(iter(["aaaa"] * 3), provider="openai", model="gpt-4o")
     next(g)

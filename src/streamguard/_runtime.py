@@ -2,6 +2,10 @@
 
 ``instrument()`` installs one; anything that needs one before that (``StreamSession``,
 ``guard()``) gets a default built from the environment.
+
+Floor: ``_runtime``, the composition root: it wires the engine, receipts, money and telemetry
+together (it may import all of them) and plugs itself into the engine as its host
+(``_engine.ports.install``). ``providers``, ``integrations`` and the public face stand on it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@
     sinks.ReceiptSink.emit ── ledger.JsonlLedgerSink (local JSON lines, fsync)
                            └─ OTel span event / log record (streamguard._telemetry)
     verify.verify_files / verify_main  ◄── JSON lines from the ledger, Loki, span exports, OTLP
+
+Floor: ``_receipts``, just above the bottom floor (``exceptions``, ``_reasons``, ``_config``,
+``_extras``); the engine and everything above may import it, it imports none of them.
 """
 
 from typing import TYPE_CHECKING, Any

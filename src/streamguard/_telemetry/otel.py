@@ -6,13 +6,17 @@ objects, so providers installed after ``instrument()`` are picked up.
 
 Nothing here runs per chunk: a span starts when a stream opens and everything else happens
 once, when the receipt is sealed.
+
+Floor: ``_telemetry`` (imports ``_receipts`` and the OTel API; not the engine). What it reads
+of a stream is the ``StreamFacts`` protocol below, which the engine's cores satisfy, and the
+sealed receipt.
 """
 
 from __future__ import annotations
 
 import threading
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.metrics._internal import _ProxyMeterProvider
@@ -21,10 +25,44 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from streamguard._telemetry import names as n
 
 if TYPE_CHECKING:
-    from streamguard._engine.core import StreamCore
     from streamguard._receipts.model import Receipt
 
-__all__ = ["Telemetry"]
+__all__ = ["StreamFacts", "Telemetry"]
+
+
+class StreamFacts(Protocol):
+    """What telemetry reads of a stream (an engine core satisfies it), besides its receipt.
+
+    ``span`` is telemetry's own: it is set when the stream opens and ended when it finishes.
+    Times are Unix ns (``t_*``) or monotonic ns (``*_mono``); None where it did not happen.
+    """
+
+    stream_id: str
+    provider: str
+    operation: str
+    model: str | None
+    request_max_tokens: int | None
+    server_address: str | None
+    server_port: int | None
+    span: Any
+    stop_reason: Any  # a StopReason, or None while the stream runs
+    rejected: bool
+    detail: str | None
+    error_type: str | None
+    response_id: str | None
+    response_model: str | None
+    finish_reasons: list[str]
+    usage_exact: int | None
+    estimated_output_tokens: int | None
+    t_started: int
+    t_first_chunk: int | None
+    t_stop_requested: int | None
+    t_stop_mono: int | None
+    t_upstream_closed: int | None
+    t_upstream_closed_mono: int | None
+
+    def later_signals(self) -> list[str]: ...
+
 
 _SCOPE = "streamguard"
 
@@ -58,7 +96,7 @@ class Telemetry:
             self._ready = True
 
     # ---------------------------------------------------------------------- stream open
-    def stream_started(self, core: StreamCore) -> None:
+    def stream_started(self, core: StreamFacts) -> None:
         if not self._ready:
             self._setup()
         attributes: dict[str, Any] = {
@@ -86,7 +124,7 @@ class Telemetry:
             self._setup()
         self.store_errors.add(1, {n.BUDGET: budget, n.RESULT: "open" if fail_open else "closed"})
 
-    def span_ids(self, core: StreamCore) -> tuple[str | None, str | None]:
+    def span_ids(self, core: StreamFacts) -> tuple[str | None, str | None]:
         ctx = core.span.get_span_context() if core.span is not None else None
         if ctx is None or not ctx.is_valid:
             return None, None
@@ -94,7 +132,7 @@ class Telemetry:
 
     # ---------------------------------------------------------------------- stream end
     def stream_finished(
-        self, core: StreamCore, receipt: Receipt | None, canonical: bytes = b""
+        self, core: StreamFacts, receipt: Receipt | None, canonical: bytes = b""
     ) -> None:
         """Receipt event and log record, span end, metrics. Never raises past the runtime.
 
@@ -107,8 +145,8 @@ class Telemetry:
             outcome = receipt.outcome
             category = receipt.category or ""
         else:
-            outcome = str(core.stop_reason.outcome(rejected=core.rejected))  # type: ignore[union-attr]
-            category = str(core.stop_reason.category or "")  # type: ignore[union-attr]
+            outcome = str(core.stop_reason.outcome(rejected=core.rejected))
+            category = str(core.stop_reason.category or "")
         base = {n.PROVIDER: provider, n.REQUEST_MODEL: model}
         try:
             if span is not None and span.is_recording():
@@ -123,7 +161,7 @@ class Telemetry:
 
     def _finish_span(
         self,
-        core: StreamCore,
+        core: StreamFacts,
         span: Any,
         receipt: Receipt | None,
         outcome: str,
@@ -159,7 +197,7 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, core.detail or core.error_type))
         span.end(end_time=receipt.times.finalized if receipt is not None else None)
 
-    def _emit_log(self, core: StreamCore, span: Any, receipt: Receipt) -> None:
+    def _emit_log(self, core: StreamFacts, span: Any, receipt: Receipt) -> None:
         context = trace.set_span_in_context(span) if span is not None else None
         # Logger.enabled() is not in opentelemetry-api 1.39 (what mistralai 2.0 allows): emit then.
         enabled = getattr(self.logger, "enabled", None)
@@ -184,7 +222,7 @@ class Telemetry:
 
     def _record_metrics(
         self,
-        core: StreamCore,
+        core: StreamFacts,
         receipt: Receipt | None,
         base: dict[str, str],
         outcome: str,

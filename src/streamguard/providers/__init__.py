@@ -1,4 +1,9 @@
-"""One subpackage per provider SDK: patch targets, chunk metering, usage, closing."""
+"""One subpackage per provider SDK: patch targets, chunk metering, usage, closing.
+
+Floor: ``providers``, above ``_runtime`` (and so everything below it); only
+``integrations`` and the public face import it. The SDKs themselves are imported lazily,
+after a version check, never by a floor below.
+"""
 
 from __future__ import annotations
 
