@@ -146,7 +146,7 @@ def _serve_every_mode_in_both_workers(url: str, prefix: str) -> list[dict[str, A
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(2) as pool:
         for mode in ("close", "stall", "cancel"):
-            for attempt in range(8):
+            for attempt in range(12):
                 tags = [f"{prefix}-{mode}-{attempt}-{i}" for i in range(2)]
                 results += pool.map(partial(_request, url, mode), tags)
                 if len({r["pid"] for r in results if r["mode"] == mode}) == 2:
