@@ -407,3 +407,66 @@ def test_redis_budget_store_serves_a_forked_child_on_connections_of_its_own(
     finally:
         runtime.shutdown()
         store.close()
+
+
+def test_a_fork_while_other_threads_hold_the_locks_leaves_the_child_working(
+    tmp_path: Path,
+) -> None:
+    """Another thread holds the registry and ledger-file locks at the instant of the fork (it
+    is sealing a receipt): the child, where that thread does not exist, still seals its own
+    receipts, on a chain whose id derives from the configured one."""
+    from streamguard._config import Options
+    from streamguard._engine.core import StreamCore
+    from streamguard._engine.reasons import StopReason
+    from streamguard._runtime import Runtime
+
+    ledger = tmp_path / "receipts.jsonl"
+    runtime = Runtime(
+        Options.resolve({"ledger_id": "svc", "ledger_path": str(ledger)}, environ={}),
+        signer=HmacSigner(bytes.fromhex(KEY), key_id="t"),
+    )
+    (sink,) = runtime.sinks
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runtime._lock, sink._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            signal.alarm(20)  # a deadlock must fail the test, not hang it
+            core = StreamCore(runtime, provider="openai", model="m")
+            core.request_stop(StopReason.MANUAL, "child")
+            receipt = core.wait_final(5)
+            assert receipt is not None
+            os.write(write_fd, json.dumps([receipt.ledger_id, receipt.seq]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as f:
+            child_ledger, child_seq = json.loads(f.read() or "[null, null]")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_ledger.startswith("svc-") and child_seq == 0
+    core = StreamCore(runtime, provider="openai", model="m")
+    core.request_stop(StopReason.MANUAL, "parent")
+    parent_receipt = core.wait_final(5)
+    runtime.shutdown()
+    assert parent_receipt is not None
+    assert (parent_receipt.ledger_id, parent_receipt.seq) == ("svc", 0)
+    verified = _verify(ledger)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "2 receipt(s) in 2 ledger(s)" in verified.stdout
