@@ -33,6 +33,10 @@ from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import HmacSigner
 from streamguard.testing import RequestRecord, Upstream
 
+# Python 3.12+ warns when a multi-threaded process forks (pytest's process is one); forking
+# is what these tests are about.
+pytestmark = pytest.mark.filterwarnings("ignore:This process .*multi-threaded:DeprecationWarning")
+
 TESTS = Path(__file__).resolve().parent
 KEY = "22" * 32
 REASONS = {"close": "consumer_closed", "stall": "consumer_stalled", "cancel": "manual"}
@@ -470,3 +474,50 @@ def test_a_fork_while_other_threads_hold_the_locks_leaves_the_child_working(
     verified = _verify(ledger)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "2 receipt(s) in 2 ledger(s)" in verified.stdout
+
+
+def _mp_child(base_url: str, results: Any) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
+    stream = _create(client, "mp-child-close")
+    for i, _chunk in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    handle = streamguard.handle_of(stream)
+    assert handle is not None
+    receipt = handle.wait_receipt(5)
+    assert receipt is not None
+    results.put((handle.stream_id, receipt.ledger_id, receipt.reason))
+
+
+def test_multiprocessing_fork_child_seals_on_its_own_chain(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    ledger = tmp_path / "receipts.jsonl"
+    streamguard.instrument(signing_key=KEY, ledger_path=str(ledger))
+    try:
+        client = openai.OpenAI(base_url=upstream.openai_base_url, api_key="k", max_retries=0)
+        for _chunk in _create(client, "mp-parent", max_tokens=3):
+            pass
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        children = [
+            context.Process(target=_mp_child, args=(upstream.openai_base_url, results))
+            for _ in range(2)
+        ]
+        for child in children:
+            child.start()
+        seen = [results.get(timeout=30) for _ in children]
+        for child in children:
+            child.join(30)
+            assert child.exitcode == 0
+        parent_ledger = _ledger_id()
+    finally:
+        streamguard.uninstrument()
+    assert {reason for _, _, reason in seen} == {"consumer_closed"}
+    assert len({ledger_id for _, ledger_id, _ in seen} | {parent_ledger}) == 3
+    verified = _verify(ledger)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "3 receipt(s) in 3 ledger(s)" in verified.stdout
