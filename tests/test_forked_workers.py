@@ -33,6 +33,10 @@ from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import HmacSigner
 from streamguard.testing import RequestRecord, Upstream
 
+# Python 3.12+ warns when a multi-threaded process forks (pytest's process is one); forking
+# is what these tests are about.
+pytestmark = pytest.mark.filterwarnings("ignore:This process .*multi-threaded:DeprecationWarning")
+
 TESTS = Path(__file__).resolve().parent
 KEY = "22" * 32
 REASONS = {"close": "consumer_closed", "stall": "consumer_stalled", "cancel": "manual"}
@@ -146,7 +150,7 @@ def _serve_every_mode_in_both_workers(url: str, prefix: str) -> list[dict[str, A
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(2) as pool:
         for mode in ("close", "stall", "cancel"):
-            for attempt in range(8):
+            for attempt in range(12):
                 tags = [f"{prefix}-{mode}-{attempt}-{i}" for i in range(2)]
                 results += pool.map(partial(_request, url, mode), tags)
                 if len({r["pid"] for r in results if r["mode"] == mode}) == 2:
@@ -407,3 +411,113 @@ def test_redis_budget_store_serves_a_forked_child_on_connections_of_its_own(
     finally:
         runtime.shutdown()
         store.close()
+
+
+def test_a_fork_while_other_threads_hold_the_locks_leaves_the_child_working(
+    tmp_path: Path,
+) -> None:
+    """Another thread holds the registry and ledger-file locks at the instant of the fork (it
+    is sealing a receipt): the child, where that thread does not exist, still seals its own
+    receipts, on a chain whose id derives from the configured one."""
+    from streamguard._config import Options
+    from streamguard._engine.core import StreamCore
+    from streamguard._engine.reasons import StopReason
+    from streamguard._runtime import Runtime
+
+    ledger = tmp_path / "receipts.jsonl"
+    runtime = Runtime(
+        Options.resolve({"ledger_id": "svc", "ledger_path": str(ledger)}, environ={}),
+        signer=HmacSigner(bytes.fromhex(KEY), key_id="t"),
+    )
+    (sink,) = runtime.sinks
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runtime._lock, sink._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            signal.alarm(20)  # a deadlock must fail the test, not hang it
+            core = StreamCore(runtime, provider="openai", model="m")
+            core.request_stop(StopReason.MANUAL, "child")
+            receipt = core.wait_final(5)
+            assert receipt is not None
+            os.write(write_fd, json.dumps([receipt.ledger_id, receipt.seq]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as f:
+            child_ledger, child_seq = json.loads(f.read() or "[null, null]")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_ledger.startswith("svc-") and child_seq == 0
+    core = StreamCore(runtime, provider="openai", model="m")
+    core.request_stop(StopReason.MANUAL, "parent")
+    parent_receipt = core.wait_final(5)
+    runtime.shutdown()
+    assert parent_receipt is not None
+    assert (parent_receipt.ledger_id, parent_receipt.seq) == ("svc", 0)
+    verified = _verify(ledger)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "2 receipt(s) in 2 ledger(s)" in verified.stdout
+
+
+def _mp_child(base_url: str, results: Any) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
+    stream = _create(client, "mp-child-close")
+    for i, _chunk in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    handle = streamguard.handle_of(stream)
+    assert handle is not None
+    receipt = handle.wait_receipt(5)
+    assert receipt is not None
+    results.put((handle.stream_id, receipt.ledger_id, receipt.reason))
+
+
+def test_multiprocessing_fork_child_seals_on_its_own_chain(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    ledger = tmp_path / "receipts.jsonl"
+    streamguard.instrument(signing_key=KEY, ledger_path=str(ledger))
+    try:
+        client = openai.OpenAI(base_url=upstream.openai_base_url, api_key="k", max_retries=0)
+        for _chunk in _create(client, "mp-parent", max_tokens=3):
+            pass
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        children = [
+            context.Process(target=_mp_child, args=(upstream.openai_base_url, results))
+            for _ in range(2)
+        ]
+        for child in children:
+            child.start()
+        seen = [results.get(timeout=30) for _ in children]
+        for child in children:
+            child.join(30)
+            assert child.exitcode == 0
+        parent_ledger = _ledger_id()
+    finally:
+        streamguard.uninstrument()
+    assert {reason for _, _, reason in seen} == {"consumer_closed"}
+    assert len({ledger_id for _, ledger_id, _ in seen} | {parent_ledger}) == 3
+    verified = _verify(ledger)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "3 receipt(s) in 3 ledger(s)" in verified.stdout

@@ -7,9 +7,11 @@
     chain.Ledger.seal(fields)   (seq, prev_hash: one chain per ledger)
           │
           ▼
-    sinks.ReceiptSink.emit ── ledger.JsonlLedgerSink (local JSON lines, fsync)
+    sinks.ReceiptSink.emit ── ledger.JsonlLedgerSink (local JSON lines, fsync; written
+                           │                         inside the seal, in chain order)
                            └─ OTel span event / log record (streamguard._telemetry)
     verify.verify_files / verify_main  ◄── JSON lines from the ledger, Loki, span exports, OTLP
+          └─ _untrusted (bounded lines, strict UTF-8, terminal-safe text), exports (shapes)
 
 Floor: ``_receipts``, just above the bottom floor (``exceptions``, ``_reasons``, ``_config``,
 ``_extras``); the engine and everything above may import it, it imports none of them.
