@@ -117,3 +117,12 @@ compat: $(COMPAT_NEW)/.installed $(COMPAT_OLD)/.installed
 		-k 'not openai and not ollama'
 	$(COMPAT_OLD)/bin/python -m pytest -q $(COMPAT_TESTS) \
 		-k 'not anthropic and not gemini and not mistral'
+
+# The event-loop tier: the provider conformance suite (tests/providers) again on uvloop and
+# trio, the async cases only (a sync case runs in a worker thread, on no loop). Asyncio runs
+# in `make test`. google-genai and mistralai are asyncio-only SDKs: skipped on trio, and
+# tests/providers/test_loops.py checks that they still fail there without StreamGuard.
+.PHONY: test-loops
+
+test-loops: $(STAMP)
+	STREAMGUARD_TEST_LOOPS=uvloop,trio $(PY) -m pytest -q tests/providers
