@@ -160,3 +160,12 @@ compat-%: $(COMPAT_VENV)/%/.installed
 	$(COMPAT_VENV)/$*/bin/python -m pytest -q $(COMPAT_RUN_$*)
 
 compat: $(addprefix compat-,$(COMPAT_ENVS))
+
+# The event-loop tier: the provider conformance suite (tests/providers) again on uvloop and
+# trio, the async cases only (a sync case runs in a worker thread, on no loop). Asyncio runs
+# in `make test`. google-genai and mistralai are asyncio-only SDKs: skipped on trio, and
+# tests/providers/test_loops.py checks that they still fail there without StreamGuard.
+.PHONY: test-loops
+
+test-loops: $(STAMP)
+	STREAMGUARD_TEST_LOOPS=uvloop,trio $(PY) -m pytest -q tests/providers

@@ -10,7 +10,6 @@ together (it may import all of them) and plugs itself into the engine as its hos
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -22,9 +21,10 @@ from typing import Any
 
 from streamguard._config import Options
 from streamguard._engine import owners, ports
+from streamguard._engine.aio import home_here
 from streamguard._engine.core import StreamCore
 from streamguard._engine.reasons import StopReason
-from streamguard._engine.watchdog import Timers, Watchdog, arm_loop_timer
+from streamguard._engine.watchdog import Timers, Watchdog
 from streamguard._money import budget as budget_module
 from streamguard._money.accounting import BILLING, receipt_fields
 from streamguard._money.budget import Budget, InMemoryBudgetStore
@@ -190,9 +190,9 @@ class Runtime:
         if core.watch is None:
             return
         core.idle_clock = core.watch.idle_ns is not None
-        loop = core._loop
-        if loop is not None:
-            arm_loop_timer(core, loop)
+        home = core._home
+        if home is not None:
+            home.timers.arm(core)  # on the stream's own loop, which runs this call
         else:
             self.watchdog.watch(core)
 
@@ -258,15 +258,12 @@ class Runtime:
         cores = self.active()
         for core in cores:
             core.request_stop(StopReason.SHUTDOWN, "StreamGuard was shut down")
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
+        here = home_here()
         deadline = time.monotonic() + timeout
         for core in cores:
             # A stream of the loop this very call blocks cannot be closed by that loop until
             # shutdown returns: its socket was already shut down by request_stop, so seal now.
-            if core._loop is not None and core._loop is here:
+            if core._home is not None and core._home is here:
                 core._closed()
             elif core.wait_final(max(0.0, deadline - time.monotonic())) is None:
                 # An async stream whose loop is not running: seal it from here.

@@ -31,6 +31,9 @@ class Adapter:
     has_response: ClassVar[bool] = True
     #: Whether a stream cut before its end still reports input tokens (at its start).
     input_known_when_cut: ClassVar[bool] = False
+    #: Why the SDK's async client runs on asyncio only (None: it runs on trio too). Checked
+    #: without StreamGuard by test_loops.py, so that a release that adds trio is noticed.
+    asyncio_only: ClassVar[str | None] = None
 
     def sdk(self) -> Any:
         return importlib.import_module(self.module)
@@ -150,6 +153,7 @@ class GeminiAdapter(Adapter):
     supports_with = False  # generate_content_stream returns a plain (async) generator
     has_response = False
     input_known_when_cut = True  # every chunk carries the running usage, the prompt's included
+    asyncio_only = "google-genai's async client keeps a client per asyncio.get_running_loop()"
 
     def client(self, up: Upstream, is_async: bool) -> Any:
         client = self.sdk().Client(api_key="test", http_options={"base_url": up.gemini_base_url})
@@ -190,6 +194,7 @@ class _MistralClient:
 class MistralAdapter(Adapter):
     name = "mistral_ai"
     module = "mistralai.client"
+    asyncio_only = "mistralai's async calls run their sync steps with asyncio.to_thread"
 
     def client(self, up: Upstream, is_async: bool) -> Any:
         sdk = self.sdk().Mistral(api_key="test", server_url=up.mistral_base_url)

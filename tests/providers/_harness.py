@@ -8,7 +8,6 @@ of the stop signal. Receipts are compared as whole summaries (DESIGN section 3 c
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 from streamguard import Receipt, handle_of
 from streamguard.testing import InMemoryReceiptSink, RequestRecord, Upstream
 
+from . import _loops
 from ._adapters import MODEL, Adapter
 
 __all__ = [
@@ -53,9 +53,15 @@ class Case:
         self.up = up
         self.sink = sink
         self.client: Any = adapter.client(up, is_async)
+        self._closed = False
 
     async def aclose(self) -> None:
-        await self.adapter.close_client(self.client, self.is_async)
+        """Close the client (once), on the loop the test runs on."""
+        if not self._closed:
+            self._closed = True
+            await self.adapter.close_client(self.client, self.is_async)
+
+    aclose_for_test = aclose  # _loops.run closes the cases a test was given
 
     def __repr__(self) -> str:
         return f"<Case {self.adapter.name}-{'async' if self.is_async else 'sync'}>"
@@ -69,7 +75,7 @@ class Case:
         runs in a worker thread with no event loop, as in a threaded web server."""
         if self.is_async:
             return await async_body(self)
-        return await asyncio.to_thread(sync_body, self)
+        return await _loops.to_thread(sync_body, self)
 
     # ---------------------------------------------------------------- opening and reading
     def open(self, max_tokens: int = LONG) -> Any:
@@ -113,7 +119,7 @@ class Case:
     async def afinished(self, seconds: float = WAIT) -> RequestRecord:
         """``finished``, waiting in a worker thread: this event loop keeps running (an async
         close runs on it)."""
-        return await asyncio.to_thread(self.finished, seconds)
+        return await _loops.to_thread(self.finished, seconds)
 
     async def settled(self) -> tuple[RequestRecord, Receipt]:
         """The request and the one receipt, in either mode (polls; keeps the loop running)."""
@@ -129,7 +135,7 @@ class Case:
 
     async def areceipt(self) -> Receipt:
         await self.sink.wait_for_async(1, timeout=WAIT)
-        await asyncio.sleep(0.02)
+        await _loops.sleep(0.02)
         receipts = self.sink.receipts
         assert len(receipts) == 1, f"expected exactly one receipt, got {receipts}"
         return receipts[0]

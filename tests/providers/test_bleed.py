@@ -10,15 +10,16 @@ belong to the ASGI integration's suite.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from streamguard.testing import InMemoryReceiptSink, RequestRecord, Upstream
 
+from . import _loops
 from ._adapters import ADAPTERS
 from ._harness import CUT, Case
 
@@ -36,7 +37,7 @@ def wait_window(record: RequestRecord, t_stop: int) -> None:
 
 
 async def await_window(record: RequestRecord, t_stop: int) -> None:
-    await asyncio.to_thread(wait_window, record, t_stop)  # the loop runs the async close
+    await _loops.to_thread(wait_window, record, t_stop)  # the loop runs the async close
 
 
 # Each row: open, read 10 items, stop the row's way; returns (record, t_stop). The stream is
@@ -86,7 +87,7 @@ async def async_close(c: Case) -> tuple[RequestRecord, int]:
 
 async def task_cancelled_inside_consumer_code(c: Case) -> tuple[RequestRecord, int]:
     stream = await c.open(STREAM)
-    tenth = asyncio.Event()
+    tenth = anyio.Event()
 
     async def consumer() -> None:
         items = 0
@@ -95,13 +96,9 @@ async def task_cancelled_inside_consumer_code(c: Case) -> tuple[RequestRecord, i
                 items += 1
                 if items == CUT:
                     tenth.set()
-                    await asyncio.sleep(3600)  # the consumer's own work, cancelled
+                    await _loops.sleep(3600)  # the consumer's own work, cancelled
 
-    task = asyncio.create_task(consumer())
-    await asyncio.wait_for(tenth.wait(), 3.0)
-    t_stop = time.monotonic_ns()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    t_stop = await _loops.cancel_when(consumer, tenth)
     record = c.record()
     await await_window(record, t_stop)
     return record, t_stop
@@ -133,7 +130,7 @@ async def test_bleed_with_streamguard_is_zero(
             result: Awaitable[tuple[RequestRecord, int]] = stop(case)
             record, t_from = await result
         else:
-            record, t_from = await asyncio.to_thread(stop, case)
+            record, t_from = await _loops.to_thread(stop, case)
     finally:
         await case.aclose()
     generated = generated_in_window(record, t_from)

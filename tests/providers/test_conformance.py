@@ -19,19 +19,20 @@ turns XPASS and fails the run until the marker is removed.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 import streamguard
 from streamguard import Receipt, StreamCancelled
 from streamguard.testing import Fault, RequestRecord, expected_text, token_text
 
+from . import _loops
 from ._harness import (
     CUT,
     LONG,
@@ -281,11 +282,11 @@ async def test_task_cancelled_inside_consumer_code_closes_upstream_within_50ms(
     async_case: Case, instrumented: None
 ) -> None:
     # The test holds the stream, so its finaliser cannot be the signal: the end of the task
-    # that iterates it is.
+    # that iterates it is (an asyncio task cancelled; a trio task in a cancelled nursery).
     c = async_case
     stream = await c.open()
     texts: list[str] = []
-    tenth = asyncio.Event()
+    tenth = anyio.Event()
 
     async def consumer() -> None:
         async for chunk in stream:
@@ -293,14 +294,9 @@ async def test_task_cancelled_inside_consumer_code_closes_upstream_within_50ms(
                 texts.append(text)
                 if len(texts) == CUT:
                     tenth.set()
-                    await asyncio.sleep(3600)  # the consumer's own slow work
+                    await _loops.sleep(3600)  # the consumer's own slow work
 
-    task = asyncio.create_task(consumer())
-    await asyncio.wait_for(tenth.wait(), 3.0)
-    t_stop = time.monotonic_ns()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    t_stop = await _loops.cancel_when(consumer, tenth)
     record, receipt = await c.afinished(), await c.areceipt()
     check_cut(c, texts, record, receipt, t_stop, reason="consumer_cancelled")
     assert stream is not None
@@ -309,8 +305,10 @@ async def test_task_cancelled_inside_consumer_code_closes_upstream_within_50ms(
 async def test_task_failing_inside_the_loop_closes_upstream_within_50ms(
     async_case: Case, instrumented: None
 ) -> None:
-    # The exception ends the task; the task keeps the exception, its traceback the frame and
-    # the frame the stream: the end of the task is the only signal there is.
+    # The exception ends the task; the task (on trio: the nursery's exception group) keeps the
+    # exception, its traceback the frame and the frame the stream: the end of the task is the
+    # only signal there is. trio does not say how a task ended, only that its nursery is
+    # cancelled (as trio does when a child raises): there the reason is consumer_cancelled.
     c = async_case
     texts: list[str] = []
     stops: list[int] = []
@@ -324,12 +322,11 @@ async def test_task_failing_inside_the_loop_closes_upstream_within_50ms(
                     stops.append(time.monotonic_ns())
                     raise Boom
 
-    task = asyncio.create_task(consumer())
-    with pytest.raises(Boom):
-        await task
+    holder = await _loops.run_failing(consumer, Boom)
     record, receipt = await c.settled()
-    check_cut(c, texts, record, receipt, stops[0], reason="consumer_closed")
-    assert task.exception() is not None  # still held: the stream was not simply dropped
+    reason = "consumer_cancelled" if _loops.is_trio() else "consumer_closed"
+    check_cut(c, texts, record, receipt, stops[0], reason=reason)
+    assert holder is not None  # still held: the stream was not simply dropped
 
 
 async def test_garbage_collected_stream_in_a_cycle_closes_upstream_within_50ms(
@@ -485,7 +482,7 @@ async def aread_all(c: Case, max_tokens: int) -> tuple[list[str], Exception | No
 async def sdk_error_without_guard(c: Case, fault: Fault) -> Exception:
     """What the SDK raises for ``fault`` with StreamGuard off: the guard must not change it."""
     c.up.add_fault(fault)
-    _, baseline = await aread_all(c, 8) if c.is_async else await asyncio.to_thread(read_all, c, 8)
+    _, baseline = await aread_all(c, 8) if c.is_async else await _loops.to_thread(read_all, c, 8)
     assert baseline is not None, f"{fault} raised nothing without the guard"
     gc.collect()  # an unguarded openai stream stays open until the cyclic GC
     c.up.reset()
@@ -502,8 +499,8 @@ async def guarded_failure(
         texts, exc = await aread_all(c, LONG)
         record, receipt = await c.afinished(), await c.areceipt()
     else:
-        texts, exc = await asyncio.to_thread(read_all, c, LONG)
-        record, receipt = await asyncio.to_thread(c.finished), await asyncio.to_thread(c.receipt)
+        texts, exc = await _loops.to_thread(read_all, c, LONG)
+        record, receipt = await _loops.to_thread(c.finished), await _loops.to_thread(c.receipt)
     assert exc is not None
     assert (type(exc), str(exc)) == (type(baseline), str(baseline)), "the SDK error changed"
     return texts, exc, record, receipt
@@ -574,7 +571,7 @@ async def test_upstream_failure_prevents_nothing(
     instrument_with()
     case.up.add_fault(Fault("http_error", status=500))
     _, exc = await (
-        aread_all(case, LONG) if case.is_async else asyncio.to_thread(read_all, case, LONG)
+        aread_all(case, LONG) if case.is_async else _loops.to_thread(read_all, case, LONG)
     )
     assert exc is not None
     _, receipt = await case.settled()
@@ -618,14 +615,14 @@ STALLED_UPSTREAM = Fault("stall", after_tokens=CUT, seconds=1.0)  # open, silent
 async def test_cancelled_read_closes_upstream_within_50ms(
     async_case: Case, instrumented: None
 ) -> None:
-    # asyncio.timeout cancels the task while it waits for the next chunk: CancelledError at
-    # the read boundary.
+    # The loop's timeout (asyncio.timeout, trio.fail_after) cancels the consumer while it
+    # waits for the next chunk: CancelledError (trio: Cancelled) at the read boundary.
     c = async_case
     c.up.add_fault(STALLED_UPSTREAM)
     texts: list[str] = []
     stream = await c.open()
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.3):
+        async with _loops.fail_after(0.3):
             async for chunk in stream:
                 if text := c.text(chunk):
                     texts.append(text)

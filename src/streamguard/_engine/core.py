@@ -9,7 +9,9 @@ Life of a stream::
 - The cutoff is the first stop: from then on the counters are frozen, and a unit that still
   arrives is counted as ``post_cutoff`` and never handed over.
 - The upstream is closed exactly once, whoever stops the stream and from whichever thread;
-  an async upstream is closed on its own event loop.
+  an async upstream is closed on its own event loop (its ``Home``: asyncio, uvloop or trio),
+  where the stream's timer and the watch on its task are dropped too, so nothing on the loop
+  keeps a finished stream.
 - Exactly one receipt is sealed per stream, after the upstream is closed, on every path.
 
 A core never references the object the application holds (the guard): the registry and the
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
+    from streamguard._engine.aio import Home
     from streamguard._engine.ports import Host
     from streamguard._receipts.model import Receipt
 
@@ -55,9 +58,10 @@ class StreamCore:
         "_aclose",
         "_close",
         "_final_event",
+        "_followed",
+        "_home",
         "_later",
         "_lock",
-        "_loop",
         "_pending",
         "_receipt_waiters",
         "async_checks",
@@ -109,6 +113,7 @@ class StreamCore:
         "t_upstream_closed",
         "t_upstream_closed_mono",
         "text_of",
+        "timer_entry",
         "usage_exact",
         "watch",
     )
@@ -168,9 +173,11 @@ class StreamCore:
         self._close: Callable[[], object] | None = None
         self._aclose: Callable[[], Awaitable[object]] | None = None
         self._abort: Callable[[], object] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._home: Home | None = None  # the event loop of an async upstream
+        self._followed: tuple[Any, Any] | None = None  # (task iterating it, home's token)
+        self.timer_entry: list[Any] | None = None  # this stream's entry in its loop's timers
         self._final_event = threading.Event()
-        self._receipt_waiters: list[asyncio.Future[Any]] = []
+        self._receipt_waiters: list[Callable[[], object]] = []
         self.receipt: Receipt | None = None
         self.span: Any = None
         self.checks: list[Callable[[StreamCore, Any, int], None]] | None = None
@@ -197,18 +204,20 @@ class StreamCore:
         loop: asyncio.AbstractEventLoop | None = None,
         abort: Callable[[], object] | None = None,
     ) -> None:
-        """Say how to close the upstream: ``close`` (sync) and/or ``aclose`` run on ``loop``.
+        """Say how to close the upstream: ``close`` (sync) and/or ``aclose``.
 
-        ``abort`` (async upstreams) shuts the connection at once from any thread, so the
-        server sees the disconnect even before ``aclose`` gets to run on its loop. The
-        callables must not reference the guard the application holds.
+        ``aclose`` runs on the event loop that runs this call (asyncio, uvloop or trio), or
+        on the asyncio ``loop`` given. ``abort`` (async upstreams) shuts the connection at once
+        from any thread, so the server sees the disconnect even before ``aclose`` gets to run
+        on its loop. The callables must not reference the guard the application holds.
         """
         self._close = close
         self._aclose = aclose
         self._abort = abort
-        if aclose is not None and loop is None:
-            loop = asyncio.get_running_loop()
-        self._loop = loop
+        if aclose is not None:
+            from streamguard._engine.aio import asyncio_home, current_home
+
+            self._home = asyncio_home(loop) if loop is not None else current_home()
         if aclose is None and self.async_checks is not None:
             from streamguard._engine.policy import sync_checker
 
@@ -356,8 +365,8 @@ class StreamCore:
         return first
 
     def _close_upstream(self) -> None:
-        aclose, loop = self._aclose, self._loop
-        if aclose is not None and loop is not None:
+        aclose, home = self._aclose, self._home
+        if aclose is not None and home is not None:
             self._aclose = None
             abort, self._abort = self._abort, None
             if abort is not None:
@@ -367,19 +376,15 @@ class StreamCore:
                     self.detail = (
                         self.detail or f"aborting the upstream raised {type(exc).__name__}"
                     )
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                _spawn(loop, self._run_aclose(aclose))
+
+            async def run_aclose() -> None:
+                await self._run_aclose(aclose)
+
+            if home.here():
+                home.spawn(run_aclose)
                 return
-            if not loop.is_closed():
-                try:
-                    loop.call_soon_threadsafe(_spawn, loop, self._run_aclose(aclose))
-                    return
-                except RuntimeError:  # the loop closed between the check and the call
-                    pass
+            if home.run_soon(lambda: home.spawn(run_aclose)):
+                return
             self.detail = self.detail or "the upstream's event loop was closed"
             self._closed()
             return
@@ -392,6 +397,7 @@ class StreamCore:
         self._closed()
 
     async def _run_aclose(self, aclose: Callable[[], Awaitable[object]]) -> None:
+        self._detach()
         try:
             await aclose()
         except BaseException as exc:  # cancellation of the closer must not skip the receipt
@@ -401,6 +407,17 @@ class StreamCore:
                 raise
             return
         self._closed()
+
+    def _detach(self) -> None:
+        """On the stream's loop, once stopped: drop its timer and the watch on its task."""
+        home = self._home
+        if home is None:
+            return
+        if self.timer_entry is not None:
+            home.timers.cancel(self)
+        followed, self._followed = self._followed, None
+        if followed is not None:
+            home.unfollow(*followed)
 
     def _closed(self) -> None:
         with self._lock:
@@ -419,10 +436,16 @@ class StreamCore:
             self.phase = FINAL
             waiters, self._receipt_waiters = self._receipt_waiters, []
         self._final_event.set()
-        for fut in waiters:
-            fut_loop = fut.get_loop()
-            if not fut_loop.is_closed():
-                fut_loop.call_soon_threadsafe(_resolve, fut)
+        for notify in waiters:
+            notify()
+
+    def add_final_waiter(self, notify: Callable[[], object]) -> bool:
+        """Call ``notify`` (from any thread) once final; False, not calling it, if it is."""
+        with self._lock:
+            if self.phase == FINAL:
+                return False
+            self._receipt_waiters.append(notify)
+        return True
 
     def wait_final(self, timeout: float | None = None) -> Receipt | None:
         """Block until the receipt is sealed (or ``timeout``); returns it."""
@@ -430,15 +453,15 @@ class StreamCore:
         return self.receipt
 
     async def wait_final_async(self) -> Receipt | None:
+        """Wait, on whichever event loop runs this, until the receipt is sealed."""
         if self.phase == FINAL:
             return self.receipt
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        with self._lock:
-            if self.phase != FINAL:
-                self._receipt_waiters.append(fut)
-            else:
-                fut.set_result(None)
-        await fut
+        home = self._home
+        if home is None or not home.here():
+            from streamguard._engine.aio import current_home
+
+            home = current_home()
+        await home.wait(self)
         return self.receipt
 
     def snapshot(self) -> dict[str, Any]:
@@ -462,18 +485,3 @@ class StreamCore:
 
     def later_signals(self) -> list[str]:
         return list(self._later)
-
-
-def _resolve(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-# Tasks that close upstreams are kept here until done: the loop itself holds tasks weakly.
-_closing_tasks: set[asyncio.Task[None]] = set()
-
-
-def _spawn(loop: asyncio.AbstractEventLoop, coro: Any) -> None:
-    task = loop.create_task(coro)
-    _closing_tasks.add(task)
-    task.add_done_callback(_closing_tasks.discard)

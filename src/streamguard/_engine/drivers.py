@@ -11,7 +11,6 @@ provider guards reuse the drivers with their own meters and closers.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -28,7 +27,6 @@ T = TypeVar("T")
 Meter = Callable[[Any], int]
 
 _monotonic_ns = time.monotonic_ns
-_current_task = asyncio.current_task
 # Stops after which reading on just ends: the stream completed, or whoever would read the
 # rest is gone (the consumer closed it, was cancelled, or its HTTP client disconnected).
 _QUIET = frozenset(
@@ -102,19 +100,20 @@ class _Driver:
         """Stop the stream for ``exc``; return what to raise instead, if anything."""
         core = self.core
         core.in_read = False
-        if core.stop_reason is not None and not isinstance(exc, asyncio.CancelledError):
-            # The guard cut the stream (deadline, cancel from elsewhere) and the SDK noticed.
-            return self._after_stop() or exc
-        # Cancellation (CancelledError, KeyboardInterrupt...) is an outcome, not an error.
         if not isinstance(exc, Exception):
+            # Cancellation (asyncio's CancelledError, trio's Cancelled, KeyboardInterrupt...)
+            # is an outcome, not an error, and always propagates as it is.
             core.request_stop(
                 StopReason.CONSUMER_CANCELLED, f"{type(exc).__name__} at the read boundary"
             )
-        else:
-            self._errored = True
-            core.request_stop(
-                StopReason.UPSTREAM_ERROR, f"{type(exc).__name__}: {exc}"[:300], error=exc
-            )
+            return None
+        if core.stop_reason is not None:
+            # The guard cut the stream (deadline, cancel from elsewhere) and the SDK noticed.
+            return self._after_stop() or exc
+        self._errored = True
+        core.request_stop(
+            StopReason.UPSTREAM_ERROR, f"{type(exc).__name__}: {exc}"[:300], error=exc
+        )
         return None
 
 
@@ -170,15 +169,23 @@ class SyncDriver(_Driver):
 
 
 class AsyncDriver(_Driver):
-    """Reads an async iterator through the core; watches the task that iterates it."""
+    """Reads an async iterator through the core; watches the task that iterates it.
 
-    __slots__ = ("_ait", "_task", "_watcher")
+    Works on any event loop the core's home supports (asyncio, uvloop, trio): the current
+    task comes from the home, found once when the upstream was bound.
+    """
+
+    __slots__ = ("_ait", "_current_task", "_task")
 
     def __init__(self, core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None) -> None:
         super().__init__(core, meter)
         self._ait = iterator
-        self._task: asyncio.Task[Any] | None = None
-        self._watcher = _TaskWatcher(core)
+        self._task: Any = None
+        if core._home is None:
+            from streamguard._engine.aio import current_home
+
+            core._home = current_home()
+        self._current_task = core._home.current_task
 
     async def next(self) -> Any:
         core = self.core
@@ -186,7 +193,7 @@ class AsyncDriver(_Driver):
             core.consume_due = True
         if core.stop_reason is not None:
             raise self._after_stop() or StopAsyncIteration
-        task = _current_task()
+        task = self._current_task()
         if task is not self._task:
             self._follow(task)
         if core.idle_clock:
@@ -225,28 +232,27 @@ class AsyncDriver(_Driver):
             raise self._after_stop() or StopAsyncIteration
         return chunk
 
-    def _follow(self, task: asyncio.Task[Any] | None) -> None:
-        # The end of the task that iterates the stream is a stop signal when it ends by
-        # cancellation or an exception: that is how a loop left by an exception shows itself
-        # (the traceback keeps the stream alive, so nothing else would). A task that returns
-        # normally may have handed the stream on, so it is left to the other signals.
-        old, self._task = self._task, task
+    def _follow(self, task: Any) -> None:
+        # The end of the task that iterates the stream is a stop signal (see aio: how each
+        # loop watches it). The watch is dropped when the stream stops (StreamCore._detach),
+        # so a long-lived task that consumes many streams keeps none of them.
+        core = self.core
+        if core.stop_reason is not None:
+            return
+        self._task = task
+        home = core._home
+        assert home is not None
+        old, core._followed = core._followed, None
         if old is not None:
-            old.remove_done_callback(self._watcher)
+            home.unfollow(*old)
         if task is not None:
-            task.add_done_callback(self._watcher)
+            core._followed = (task, home.follow(task, core))
 
     async def aclose(
         self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None
     ) -> None:
         """Always closes the upstream, even when cancelled; a second call is a no-op."""
-        self._unfollow()
         await self.core.stop_async(reason, detail)
-
-    def _unfollow(self) -> None:
-        if self._task is not None:
-            self._task.remove_done_callback(self._watcher)
-            self._task = None
 
 
 async def _async_checks(core: StreamCore, chunk: Any, tokens: int) -> bool:
@@ -258,27 +264,3 @@ async def _async_checks(core: StreamCore, chunk: Any, tokens: int) -> bool:
             if core.stop_reason is not None:
                 return False
     return core.stop_reason is None
-
-
-class _TaskWatcher:
-    """The done callback of the task iterating a stream (an object, so it can be removed)."""
-
-    __slots__ = ("core",)
-
-    def __init__(self, core: StreamCore) -> None:
-        self.core = core
-
-    def __call__(self, task: asyncio.Task[Any]) -> None:
-        core = self.core
-        if core.stop_reason is not None:
-            return
-        if task.cancelled():
-            core.request_stop(
-                StopReason.CONSUMER_CANCELLED, "the task iterating the stream was cancelled"
-            )
-        elif task.exception() is not None:
-            exc = task.exception()
-            core.request_stop(
-                StopReason.CONSUMER_CLOSED,
-                f"the task iterating the stream raised {type(exc).__name__}",
-            )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -140,7 +139,7 @@ class GuardedAsyncIterator(StreamHandle, Generic[T]):
         super().__init__(core)
         iterator = aiter(iterable)
         closer = aclose if aclose is not None else getattr(iterator, "aclose", None)
-        core.bind_upstream(aclose=closer or _nothing, loop=asyncio.get_running_loop())
+        core.bind_upstream(aclose=closer or _nothing)
         self._driver = async_driver(core, iterator, meter)
         core.runtime.watch(core, _timers(core.runtime, stall_timeout, deadline, idle_timeout))
 

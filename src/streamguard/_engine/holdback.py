@@ -114,12 +114,10 @@ class HoldbackAsyncDriver(AsyncDriver):
         self._hold = _Held(runs, core.runtime.options.max_buffered)
 
     async def next(self) -> Any:
-        import asyncio
-
         core, hold = self.core, self._hold
         if core._pending and core.consume_on_next:
             core.consume_due = True
-        task = asyncio.current_task()
+        task = self._current_task()
         if task is not self._task:
             self._follow(task)
         while not hold.ready:

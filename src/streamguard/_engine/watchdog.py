@@ -5,12 +5,12 @@ it fires and either stops the stream or re-arms itself for the new due time, so 
 never touches the timer heap.
 
 - Sync streams share one daemon thread holding a heap of due times (not a thread per stream).
-- Async streams use a ``call_at`` timer on their own loop, so the stop runs on that loop.
+- Async streams use their own loop's timers (``looptimers.LoopTimers``), so the stop runs on
+  that loop, and loop lag does not count as a stall (see there).
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import threading
@@ -23,8 +23,9 @@ from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
     from streamguard._engine.core import StreamCore
+    from streamguard._engine.looptimers import LagClock
 
-__all__ = ["Timers", "Watchdog", "arm_loop_timer", "evaluate"]
+__all__ = ["DETAIL", "Timers", "Watchdog", "evaluate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +47,15 @@ def _ns(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1e9)
 
 
-def evaluate(core: StreamCore, now: int) -> tuple[StopReason | None, int | None]:
-    """Return (reason to stop now, or None; next monotonic due time, or None if done)."""
+def evaluate(
+    core: StreamCore, now: int, lag: LagClock | None = None
+) -> tuple[StopReason | None, int | None]:
+    """Return (reason to stop now, or None; next monotonic due time, or None if done).
+
+    With the ``lag`` of the stream's event loop, the stall and idle clocks leave out the time
+    the loop ran late: waiting for the loop is neither the consumer's stall nor the upstream's
+    silence. The deadline is wall-clock time.
+    """
     timers: Timers | None = core.watch
     if timers is None or core.stop_reason is not None:
         return None, None
@@ -66,6 +74,8 @@ def evaluate(core: StreamCore, now: int) -> tuple[StopReason | None, int | None]
         running, other, reason = timers.stall_ns, timers.idle_ns, StopReason.CONSUMER_STALLED
     if running is not None:
         at = last + running
+        if lag is not None and now >= at:
+            at += lag.lag(last, now)
         if now >= at:
             return reason, None
         due.append(at)
@@ -74,7 +84,7 @@ def evaluate(core: StreamCore, now: int) -> tuple[StopReason | None, int | None]
     return None, (min(due) if due else None)
 
 
-_DETAIL = {
+DETAIL = {
     StopReason.DEADLINE_EXCEEDED: "the stream ran past its deadline",
     StopReason.UPSTREAM_IDLE: "no chunk from upstream within idle_timeout",
     StopReason.CONSUMER_STALLED: "the consumer took nothing within stall_timeout",
@@ -135,7 +145,7 @@ class Watchdog:
                     del core
             # Stops run outside the lock: closing an upstream may take a while.
             for core, reason in due_now:
-                core.request_stop(reason, _DETAIL[reason])
+                core.request_stop(reason, DETAIL[reason])
             del due_now
 
     def stop(self) -> None:
@@ -150,25 +160,3 @@ class Watchdog:
 
     def __len__(self) -> int:
         return len(self._heap)
-
-
-def arm_loop_timer(core: StreamCore, loop: asyncio.AbstractEventLoop) -> None:
-    """Watch an async stream with a ``call_at`` timer on its own loop.
-
-    The timer holds the core weakly: a finished stream is not kept alive by a pending timer.
-    """
-    _, due = evaluate(core, time.monotonic_ns())
-    if due is not None:
-        # asyncio's loop.time() is time.monotonic(): the same clock as the cores use.
-        loop.call_at(due / 1e9, _fire_loop_timer, weakref.ref(core), loop)
-
-
-def _fire_loop_timer(ref: weakref.ref[StreamCore], loop: asyncio.AbstractEventLoop) -> None:
-    core = ref()
-    if core is None:
-        return
-    reason, due = evaluate(core, time.monotonic_ns())
-    if reason is not None:
-        core.request_stop(reason, _DETAIL[reason])
-    elif due is not None:
-        loop.call_at(due / 1e9, _fire_loop_timer, ref, loop)

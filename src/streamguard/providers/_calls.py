@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import inspect
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -53,10 +53,32 @@ def socket_abort(response: Any, core: StreamCore) -> Callable[[], None]:
         stream = getattr(response, "extensions", {}).get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            shutdown_socket(sock)
 
     return abort
+
+
+def shutdown_socket(sock: Any) -> None:
+    """Shut a connected socket down for both directions, whatever wraps it.
+
+    asyncio's and trio's sockets have ``shutdown``; uvloop's transport sockets refuse it
+    (TypeError), so the same is done through a duplicate of the descriptor: ``shutdown`` acts
+    on the connection, not on the descriptor, and the duplicate is closed at once.
+    """
+    with contextlib.suppress(OSError):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+            return
+        except (TypeError, AttributeError, NotImplementedError):
+            pass
+        fileno = sock.fileno()
+        if fileno < 0:
+            return
+        dup = socket.socket(fileno=os.dup(fileno))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
 
 
 _COMPLETED = StopReason.COMPLETED
@@ -81,7 +103,7 @@ class Guarding:
     def async_stream(
         self, stream: Any, aclose: Callable[[], Any], abort: Callable[[], object] | None = None
     ) -> AsyncStreamGuard:
-        self.core.bind_upstream(aclose=aclose, loop=asyncio.get_running_loop(), abort=abort)
+        self.core.bind_upstream(aclose=aclose, abort=abort)
         return AsyncStreamGuard(stream, self.core, self.meter)
 
 
@@ -117,7 +139,11 @@ async def _await_and_guard(
     except BaseException as exc:
         fail_core(core, exc)
         raise
-    return _guard(result, core, guard_result)
+    token = _in_async_call.set(True)
+    try:
+        return _guard(result, core, guard_result)
+    finally:
+        _in_async_call.reset(token)
 
 
 def _guard(result: Any, core: StreamCore, guard_result: Callable[[Any], Any]) -> Any:
@@ -192,11 +218,7 @@ def sdk_result_guard(
             http = result.http_response
             if isinstance(result, async_raw_types) or _in_async_call.get():
                 # openai's async client returns a LegacyAPIResponse too: bind the async close.
-                core.bind_upstream(
-                    aclose=http.aclose,
-                    loop=asyncio.get_running_loop(),
-                    abort=socket_abort(http, core),
-                )
+                core.bind_upstream(aclose=http.aclose, abort=socket_abort(http, core))
             else:
                 core.bind_upstream(close=abort_closer(http, core))
             return RawResponseGuard(result, core, guard)

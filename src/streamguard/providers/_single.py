@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -101,7 +100,6 @@ def guard(
     if is_async:
         core.bind_upstream(
             aclose=stream.response.aclose,
-            loop=asyncio.get_running_loop(),
             abort=socket_abort(stream.response, core),
         )
         return AsyncStreamGuard(stream, core, meter)

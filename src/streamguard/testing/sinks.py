@@ -71,7 +71,7 @@ class InMemoryReceiptSink:
             if time.monotonic() >= deadline:
                 with self._changed:
                     raise TimeoutError(self._timeout_message(n, timeout))
-            await asyncio.sleep(0.002)
+            await _sleep(0.002)
 
     def _timeout_message(self, n: int, timeout: float) -> str:
         return f"expected {n} receipt(s) within {timeout}s, got {len(self._receipts)}"
@@ -134,3 +134,15 @@ def receipt_fields(**overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return fields
+
+
+async def _sleep(seconds: float) -> None:
+    """A sleep on whichever event loop runs the caller (asyncio, uvloop or trio)."""
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        await trio.sleep(seconds)
+    else:
+        await asyncio.sleep(seconds)

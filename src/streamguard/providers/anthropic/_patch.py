@@ -141,15 +141,12 @@ class MessageStreamManagerGuard(ObjectProxy):
         return self.__wrapped__.__exit__(*exc_info)
 
     async def __aenter__(self) -> Any:
-        import asyncio
-
         core, guarding = _start(self._self_instance, self._self_kwargs)
         try:
             helper = await self.__wrapped__.__aenter__()
             raw = helper._raw_stream
             core.bind_upstream(
                 aclose=raw.response.aclose,
-                loop=asyncio.get_running_loop(),
                 abort=socket_abort(raw.response, core),
             )
             helper._raw_stream = AsyncStreamGuard(raw, core, guarding.meter)

@@ -15,7 +15,6 @@ the hook keeps the latest response, and once the stream is stopped it refuses to
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 from collections.abc import Mapping
@@ -171,8 +170,7 @@ def _generate(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     def guard(generator: Any) -> Any:
         upstream = _Upstream(generator, core)
         if hasattr(generator, "__anext__"):
-            loop = asyncio.get_running_loop()
-            core.bind_upstream(aclose=upstream.aclose, loop=loop, abort=upstream.abort)
+            core.bind_upstream(aclose=upstream.aclose, abort=upstream.abort)
             return AsyncStreamGuard(generator, core, meter, _Reader(upstream))
         core.bind_upstream(close=upstream.close)
         return SyncStreamGuard(generator, core, meter, _Reader(upstream))

@@ -8,7 +8,6 @@ during that first read) and closes the response itself, from any thread or task.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import weakref
@@ -172,9 +171,7 @@ def _request(operation: str) -> Any:
             capture = _FirstReadCapture(box)
             guard: Any
             if hasattr(generator, "__anext__"):
-                core.bind_upstream(
-                    aclose=box.aclose, loop=asyncio.get_running_loop(), abort=box.abort
-                )
+                core.bind_upstream(aclose=box.aclose, abort=box.abort)
                 guard = AsyncStreamGuard(generator, core, meter, capture)
             else:
                 core.bind_upstream(close=box.close)

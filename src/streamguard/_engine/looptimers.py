@@ -1,0 +1,199 @@
+"""The stall, idle and deadline timers of one event loop's streams, and how late the loop runs.
+
+One heap of due times per loop and one alarm (``Home.set_alarm``) for its earliest entry, so
+that a busy stream never touches the timer heap (a due entry looks at ``core.t_last`` and
+re-arms itself) and a finished stream leaves nothing behind: ``cancel`` drops its entry at
+once, and dropped entries are swept out when they are the majority.
+
+Loop lag is not a stall. A stall means the consumer stopped asking; a consumer that is ready
+to ask but is not scheduled because the loop is late (5,000 streams on a loaded machine, a
+blocking call, a long GC pause) has not stalled. So the alarm doubles as a lag probe: while any
+stream is watched it fires at least every ``TICK``, and each time it records how late it fired.
+The lateness summed over an interval is loop time in which nobody on the loop could act; the
+stall and idle clocks leave it out (the deadline, a wall-clock limit, does not). A consumer
+that really stops is cut once the loop has run promptly for ``stall_timeout`` since its last
+ask: at once on an idle loop, later (by the lag) on a late one, never early.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+from streamguard._engine.reasons import StopReason
+
+if TYPE_CHECKING:
+    from streamguard._engine.aio import Home
+    from streamguard._engine.core import StreamCore
+
+__all__ = ["TICK_NS", "LagClock", "LoopTimers"]
+
+TICK_NS = 250_000_000  # the lag probe's period while streams are watched
+_MAX_SAMPLES = 8192  # ~34 minutes of probes at TICK_NS: older lag is not forgiven
+_monotonic_ns = time.monotonic_ns
+
+
+class LagClock:
+    """How late one loop ran: ``lag(t0, t1)`` is the loop lag (ns) between two instants.
+
+    Samples are ``(when, total_lag_by_then, lag_since_previous_sample)``, at most one per half
+    ``TICK``. Within a sample's interval the lag is assumed to come last, which forgives the
+    consumer as much as the probe allows and never more than the loop really lost.
+    """
+
+    __slots__ = ("_lags", "_late", "_pending_due", "_total", "_when")
+
+    def __init__(self) -> None:
+        self._when: list[int] = []
+        self._lags: list[int] = []
+        self._late: list[int] = []
+        self._total = 0
+        self._pending_due: int | None = None  # when the probe should fire next
+
+    def expect(self, due: int | None) -> None:
+        """The probe (the loop's alarm) is due at ``due``."""
+        self._pending_due = due
+
+    def fired(self, now: int, due: int) -> None:
+        """The probe due at ``due`` ran at ``now``."""
+        late = max(0, now - due)
+        self._pending_due = None
+        self._total += late
+        when = self._when
+        if when and now - when[-1] < TICK_NS // 2:
+            when[-1] = now
+            self._lags[-1] = self._total
+            self._late[-1] += late
+            return
+        when.append(now)
+        self._lags.append(self._total)
+        self._late.append(late)
+        if len(when) > 2 * _MAX_SAMPLES:
+            del when[:_MAX_SAMPLES], self._lags[:_MAX_SAMPLES], self._late[:_MAX_SAMPLES]
+
+    def total_at(self, t: int) -> int:
+        """Lag accumulated up to instant ``t`` (not later than now)."""
+        when = self._when
+        if not when or t > when[-1]:
+            # After the last probe: the pending one, if overdue at t, was late by t - due.
+            due = self._pending_due
+            return self._total + (max(0, t - due) if due is not None else 0)
+        i = bisect.bisect_left(when, t)
+        # t is in (when[i-1], when[i]]: the lag of that interval counts as coming last.
+        return self._lags[i] - min(self._late[i], when[i] - t)
+
+    def lag(self, t0: int, now: int) -> int:
+        """Loop lag between ``t0`` and ``now``."""
+        if t0 >= now:
+            return 0
+        return max(0, self.total_at(now) - self.total_at(t0))
+
+    def reset(self) -> None:
+        self._when.clear()
+        self._lags.clear()
+        self._late.clear()
+        self._pending_due = None
+
+
+class LoopTimers:
+    """The timers of one loop's streams. Every method runs on that loop."""
+
+    __slots__ = ("_alarm_due", "_dead", "_heap", "_seq", "home", "lag")
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._heap: list[list[Any]] = []  # [due, seq, core or None (dropped)]
+        self._seq = itertools.count()
+        self._dead = 0
+        self._alarm_due: int | None = None
+        self.lag = LagClock()
+
+    def __len__(self) -> int:
+        """Streams watched (dropped entries excluded)."""
+        return len(self._heap) - self._dead
+
+    def arm(self, core: StreamCore) -> None:
+        """Start watching ``core`` (its ``watch`` limits are set)."""
+        from streamguard._engine.watchdog import evaluate
+
+        now = _monotonic_ns()
+        _, due = evaluate(core, now, self.lag)
+        if due is None:
+            return
+        if core.timer_entry is not None:  # armed again: the old entry is dropped
+            core.timer_entry[2] = None
+            self._dead += 1
+        self._push(core, due)
+        self._schedule(now)
+
+    def cancel(self, core: StreamCore) -> None:
+        """Stop watching ``core``: nothing of it stays in the heap."""
+        entry = core.timer_entry
+        if entry is None:
+            return
+        core.timer_entry = None
+        entry[2] = None
+        self._dead += 1
+        if self._dead == len(self._heap):  # nothing left: no alarm, no lag probe
+            self._heap.clear()
+            self._dead = 0
+            self._set_alarm(None, _monotonic_ns())
+            self.lag.reset()
+        elif self._dead > 64 and 2 * self._dead > len(self._heap):
+            self._heap = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _push(self, core: StreamCore, due: int) -> None:
+        entry: list[Any] = [due, next(self._seq), core]
+        core.timer_entry = entry
+        heapq.heappush(self._heap, entry)
+
+    def fire(self) -> None:
+        """The alarm: record the loop's lateness, then stop or re-arm every due stream."""
+        from streamguard._engine.watchdog import DETAIL, evaluate
+
+        now = _monotonic_ns()
+        due_alarm, self._alarm_due = self._alarm_due, None
+        if due_alarm is not None:
+            self.lag.fired(now, due_alarm)
+        heap = self._heap
+        stops: list[tuple[StreamCore, StopReason]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            core: StreamCore | None = entry[2]
+            if core is None:
+                self._dead -= 1
+                continue
+            core.timer_entry = None
+            reason, due = evaluate(core, now, self.lag)
+            if reason is not None:
+                stops.append((core, reason))
+            elif due is not None:
+                self._push(core, due)
+        self._schedule(now)
+        for core, reason in stops:
+            core.request_stop(reason, DETAIL[reason])
+
+    def _schedule(self, now: int) -> None:
+        heap = self._heap
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+            self._dead -= 1
+        if not heap:
+            self._set_alarm(None, now)
+            self.lag.reset()
+            return
+        # The earliest due stream, or the next lag probe if that comes first.
+        due = min(heap[0][0], now + TICK_NS)
+        if self._alarm_due is not None and self._alarm_due <= due:
+            return
+        self._set_alarm(due, now)
+
+    def _set_alarm(self, due: int | None, now: int) -> None:
+        self._alarm_due = due
+        self.lag.expect(due)
+        self.home.set_alarm(None if due is None else max(0, due - now) / 1e9)
