@@ -385,10 +385,12 @@ CONSUMERS: dict[str, Callable[[Upstream], list[str]]] = {
 }
 
 
-def expected_error(provider: str, fault: str) -> type[BaseException]:
-    """What each SDK raises, as measured against this upstream (and as it does in production):
-    only openai wraps a broken connection in its own exception; a malformed chunk surfaces as
-    the JSON or validation error of the SDK's parser."""
+def expected_error(
+    provider: str, fault: str
+) -> type[BaseException] | tuple[type[BaseException], ...]:
+    """What each SDK raises against this upstream (and in production): a broken connection as
+    the HTTP library's error or the SDK's own (openai, and anthropic since 2.17, wrap it); a
+    malformed chunk as the JSON or validation error of the SDK's parser."""
     errors: Any
     by_fault: dict[str, type[BaseException]]
     if provider == "gemini":
@@ -409,7 +411,7 @@ def expected_error(provider: str, fault: str) -> type[BaseException]:
             "500": errors.SDKError,
         }
         return by_fault[fault]
-    table: dict[str, dict[str, type[BaseException]]] = {
+    table: dict[str, dict[str, type[BaseException] | tuple[type[BaseException], ...]]] = {
         "openai": {
             "reset": openai.APIConnectionError,
             "malformed": json.JSONDecodeError,
@@ -417,7 +419,7 @@ def expected_error(provider: str, fault: str) -> type[BaseException]:
             "500": openai.InternalServerError,
         },
         "anthropic": {
-            "reset": httpx2.ReadError,
+            "reset": (httpx2.ReadError, anthropic.APIConnectionError),
             "malformed": json.JSONDecodeError,
             "429": anthropic.RateLimitError,
             "500": anthropic.InternalServerError,

@@ -7,7 +7,7 @@ from typing import Any
 from streamguard._engine.core import HIDE, NOT_A_UNIT, StreamCore
 from streamguard._money.estimate import estimate_tokens
 
-__all__ = ["ChatMeter", "ResponsesMeter"]
+__all__ = ["AutoMeter", "ChatMeter", "ResponsesMeter"]
 
 
 class ChatMeter:
@@ -111,3 +111,31 @@ class ResponsesMeter:
     @staticmethod
     def text(event: Any) -> str | None:
         return str(event.delta) if event.type in _TEXT_EVENTS else None
+
+
+class AutoMeter:
+    """A stream whose request StreamGuard did not see (or an endpoint without a meter of its
+    own): chat or Responses, decided by the first chunk. Other event streams are passed
+    through uncounted."""
+
+    __slots__ = ("core", "inner")
+
+    def __init__(self, core: StreamCore) -> None:
+        self.core = core
+        self.inner: Any = None
+
+    def __call__(self, chunk: Any) -> int:
+        inner = self.inner
+        if inner is None:
+            if hasattr(chunk, "choices"):
+                inner = ChatMeter(self.core, False)
+            elif isinstance(getattr(chunk, "type", None), str):
+                inner = ResponsesMeter(self.core)
+            else:
+                return NOT_A_UNIT
+            self.inner = inner
+        return int(inner(chunk))
+
+    def text(self, chunk: Any) -> str | None:
+        inner = self.inner
+        return inner.text(chunk) if inner is not None else None
