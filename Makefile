@@ -117,3 +117,29 @@ compat: $(COMPAT_NEW)/.installed $(COMPAT_OLD)/.installed
 		-k 'not openai and not ollama'
 	$(COMPAT_OLD)/bin/python -m pytest -q $(COMPAT_TESTS) \
 		-k 'not anthropic and not gemini and not mistral'
+
+# The anthropic release lines (issue 15; PROVIDERS.md pitfall 10): the provider suite
+# (conformance, bleed table, transparency) at both ends of 0.x (exact-class isinstance) and 1.x.
+# 2.0.0 runs in $(COMPAT_NEW) above and the newest 2.x in the main venv. One uv venv per
+# release (uv installs from its cache in about a second); ~25 s of tests each.
+UV                ?= uv
+ANTHROPIC_COMPAT  := 0.40.0 0.125.0 1.0.0 1.17.0
+ANTHROPIC_STAMPS  := $(foreach v,$(ANTHROPIC_COMPAT),$(COMPAT_VENV)/anthropic-$(v)/.installed)
+
+.PHONY: compat-anthropic
+
+$(COMPAT_VENV)/anthropic-%/.installed: pyproject.toml Makefile
+	$(UV) venv -q -p python3.11 --allow-existing $(COMPAT_VENV)/anthropic-$*
+	echo '*' > $(COMPAT_VENV)/.gitignore
+	VIRTUAL_ENV=$(COMPAT_VENV)/anthropic-$* $(UV) pip install -q -e '.[testing]' anthropic==$* \
+		'pytest>=8' 'pytest-timeout>=2.3' 'pytest-asyncio>=0.24'
+	touch $@
+
+compat-anthropic: $(ANTHROPIC_STAMPS)
+	@for v in $(ANTHROPIC_COMPAT); do \
+		echo "anthropic $$v"; \
+		$(COMPAT_VENV)/anthropic-$$v/bin/python -m pytest -q -p no:cacheprovider tests/providers \
+			-k anthropic || exit 1; \
+	done
+
+compat: compat-anthropic

@@ -56,13 +56,14 @@ _HOLD = "_streamguard_hold"
 class Request:
     """One streaming request, from before it is sent until a stream claims it."""
 
-    __slots__ = ("__weakref__", "claimed", "core", "done", "meter")
+    __slots__ = ("__weakref__", "claimed", "core", "done", "meter", "stream")
 
     def __init__(self, core: StreamCore, meter: Callable[[StreamCore], Meter]) -> None:
         self.core = core
         self.meter = meter  # the meter factory for this request's chunks
         self.claimed = False
         self.done = False  # the request call returned: a stale context copy must not claim it
+        self.stream: weakref.ref[Any] | None = None  # the stream that holds the guard
 
 
 _pending: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
@@ -70,8 +71,10 @@ _pending: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
 )
 # Raw responses (with_raw_response / with_streaming_response): the HTTP response, until
 # ``parse()`` builds the stream from it, and for good (``close()`` of the raw response).
-_unparsed: weakref.WeakKeyDictionary[Any, Request] = weakref.WeakKeyDictionary()
-_response_core: weakref.WeakKeyDictionary[Any, StreamCore] = weakref.WeakKeyDictionary()
+# The Request of each HTTP response: a raw response's until ``parse()`` builds its stream,
+# and a stream's, so that a second stream built on the same response (anthropic 0.x's
+# MessageStream does that) takes the guard over instead of getting a second one.
+_by_response: weakref.WeakKeyDictionary[Any, Request] = weakref.WeakKeyDictionary()
 
 
 class StainlessSdk:
@@ -203,8 +206,7 @@ def _returned(request: Request, result: Any, *, is_async: bool) -> None:
     if http is None:
         discard_core(core, f"the request returned {type(result).__name__}, not a stream")
         return
-    _unparsed[http] = request
-    _response_core[http] = core
+    _by_response[http] = request
     if is_async:
         core.bind_upstream(
             aclose=http.aclose, loop=asyncio.get_running_loop(), abort=socket_abort(http, core)
@@ -229,10 +231,17 @@ def _claim(stream: Any, sdk: StainlessSdk) -> Request:
     if request is not None and not request.done and not request.claimed:
         return request
     response = getattr(stream, "response", None)
-    request = _unparsed.pop(response, None) if response is not None else None
-    if request is not None and not request.claimed:
-        return request
-    return sdk.adopt(stream)
+    request = _by_response.get(response) if response is not None else None
+    if request is None:
+        return sdk.adopt(stream)
+    old = request.stream() if request.stream is not None else None
+    if old is not None and old is not stream:
+        # The stream built later on the same response is the one that is read: it takes
+        # the guard over, and the earlier object becomes the SDK's alone (dropping it is
+        # no longer a stop signal).
+        old.__dict__[ATTR] = None
+        old.__dict__.pop(_HOLD, None)
+    return request
 
 
 class _Hold:
@@ -341,9 +350,9 @@ def _guard(stream: Any, request: Request, originals: dict[str, Any], is_async: b
     meter = request.meter(core)
     core.text_of = getattr(meter, "text", None)
     request.claimed = True
+    request.stream = weakref.ref(stream)
     response = stream.response
-    _unparsed.pop(response, None)
-    _response_core[response] = core
+    _by_response[response] = request
     hold = _Hold(stream)
     observed = hasattr(type(stream), "_observer")  # anthropic: the SDK's __next__ feeds its span
     if is_async:
@@ -572,7 +581,8 @@ def raw_response_close(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Closing a raw response (``with_streaming_response``'s exit) ends its stream."""
-    core = _response_core.get(getattr(instance, "http_response", None))
+    request = _by_response.get(getattr(instance, "http_response", None))
+    core = request.core if request is not None else None
     if core is not None and core.stop_reason is None:
         core.request_stop(StopReason.CONSUMER_CLOSED, "the raw response was closed")
     return wrapped(*args, **kwargs)
