@@ -143,3 +143,21 @@ compat-anthropic: $(ANTHROPIC_STAMPS)
 	done
 
 compat: compat-anthropic
+
+# The coexistence tier (issue 14): StreamGuard beside OpenLLMetry (openai, anthropic) and OTel's
+# openai-v2, in either instrumentation order and under opentelemetry-instrument (tests/coexist).
+# Its own venv: the peers register opentelemetry-instrument entry points, which would change
+# what the default suite's subprocess tests run. ~45 s.
+COEXIST_VENV  ?= .venv-coexist
+COEXIST_STAMP := $(COEXIST_VENV)/.installed
+
+.PHONY: coexist
+
+$(COEXIST_STAMP): pyproject.toml Makefile
+	$(UV) venv -q -p python3.11 --allow-existing $(COEXIST_VENV)
+	echo '*' > $(COEXIST_VENV)/.gitignore
+	VIRTUAL_ENV=$(COEXIST_VENV) $(UV) pip install -q -e '.[test,coexist]'
+	touch $@
+
+coexist: $(COEXIST_STAMP) system-deps
+	$(COEXIST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/coexist
