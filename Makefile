@@ -93,6 +93,8 @@ lock: $(PY)
 	$(foreach env,$(COMPAT_ENVS),$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/compat/$(env).txt \
 		pyproject.toml requirements/tools.in requirements/compat/$(env).in \
 		$(foreach extra,$(COMPAT_EXTRAS_$(env)),--extra $(extra)) &&) true
+	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/coexist.txt pyproject.toml requirements/tools.in \
+		--extra test --extra coexist
 
 # The suite on the newest release of every dependency (SDKs, OTel, frameworks), outside the
 # lock, so drift is seen the day it happens. A fresh venv each run.
@@ -141,7 +143,13 @@ COMPAT_VENV  ?= .venv-compat
 COMPAT_TESTS := tests/providers tests/test_instrument.py tests/test_provider_telemetry.py
 # One venv per lock requirements/compat/NAME.txt (compiled from NAME.in, the oldest pins, plus
 # the extras named here); each runs the tests named here, selected by -k.
-COMPAT_ENVS := httpx-0.28 httpx-0.27
+# The anthropic release lines (issue 15; PROVIDERS.md pitfall 10): the provider suite at both
+# ends of 0.x (exact-class isinstance) and 1.x; 2.0.0 runs in httpx-0.28, the newest 2.x in
+# the main venv.
+ANTHROPIC_COMPAT := 0.40.0 0.125.0 1.0.0 1.17.0
+COMPAT_ENVS := httpx-0.28 httpx-0.27 $(addprefix anthropic-,$(ANTHROPIC_COMPAT))
+$(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_EXTRAS_anthropic-$(v) := anthropic testing))
+$(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_RUN_anthropic-$(v) := -p no:cacheprovider tests/providers -k anthropic))
 COMPAT_EXTRAS_httpx-0.28 := test
 COMPAT_EXTRAS_httpx-0.27 := openai anthropic ollama testing
 COMPAT_RUN_httpx-0.28 := $(COMPAT_TESTS) tests/test_gemini_mistral.py -k 'not openai and not ollama'
@@ -169,3 +177,22 @@ compat: $(addprefix compat-,$(COMPAT_ENVS))
 
 test-loops: $(STAMP)
 	STREAMGUARD_TEST_LOOPS=uvloop,trio $(PY) -m pytest -q tests/providers
+
+# The coexistence tier (issue 14): StreamGuard beside OpenLLMetry (openai, anthropic) and OTel's
+# openai-v2, in either instrumentation order and under opentelemetry-instrument (tests/coexist).
+# Its own venv (locked: requirements/coexist.txt): the peers register opentelemetry-instrument
+# entry points, which would change what the default suite's subprocess tests run. ~45 s.
+COEXIST_VENV  ?= .venv-coexist
+COEXIST_STAMP := $(COEXIST_VENV)/.installed
+
+.PHONY: coexist
+
+$(COEXIST_STAMP): requirements/coexist.txt pyproject.toml | $(PY)
+	rm -rf $(COEXIST_VENV)
+	$(UV) venv -q -p $(PYTHON) $(COEXIST_VENV)
+	echo '*' > $(COEXIST_VENV)/.gitignore
+	$(call uv_sync,$(COEXIST_VENV),requirements/coexist.txt)
+	touch $@
+
+coexist: $(COEXIST_STAMP) system-deps
+	$(COEXIST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/coexist

@@ -7,6 +7,7 @@ raw and streaming responses, the Responses API; anthropic's ``MessageStream``; o
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -478,6 +479,9 @@ async def test_anthropic_message_stream_until_done(
 async def test_anthropic_beta_message_stream_is_guarded(
     anthropic_case: Case, instrumented: None
 ) -> None:
+    if not hasattr(anthropic_case.client.beta.messages, "stream"):
+        pytest.skip(f"anthropic {anthropic_case.adapter.sdk().__version__} has no beta .stream()")
+
     def sync(c: Case) -> Any:
         with c.client.beta.messages.stream(**message_kwargs()) as stream:
             return stream.get_final_message()
@@ -542,3 +546,204 @@ async def test_ollama_generate_stream_is_guarded_with_exact_usage(
     assert await ollama_case.run(sync, async_) == expected_text(N)
     record, receipt = await ollama_case.settled()
     check_completed(ollama_case, record, receipt, operation="text_completion")
+
+
+# ------------------------------------------- guarded vs unguarded, in the same run (issue 15)
+
+
+def chunk_view(chunk: Any) -> tuple[Any, ...]:
+    """What the application reads of a chat chunk (ids and timestamps differ per request)."""
+    usage = chunk.usage.model_dump() if chunk.usage is not None else None
+    if not chunk.choices:
+        return ("usage-only", usage)
+    choice = chunk.choices[0]
+    return (choice.delta.content, choice.finish_reason, usage)
+
+
+@pytest.mark.parametrize(
+    "stream_options",
+    [None, {"include_usage": True}, {"include_usage": False}],
+    ids=["not-set", "usage-asked", "usage-refused"],
+)
+async def test_openai_application_sees_the_chunks_it_sees_without_streamguard(
+    openai_case: Case, instrument_with: Any, stream_options: dict[str, bool] | None
+) -> None:
+    # Only the usage chunk StreamGuard itself caused (include_usage injected) is hidden.
+    extra = {} if stream_options is None else {"stream_options": stream_options}
+    kwargs = chat_kwargs(stream=True, **extra)
+
+    def sync(c: Case) -> list[Any]:
+        return [chunk_view(chunk) for chunk in c.client.chat.completions.create(**kwargs)]
+
+    async def async_(c: Case) -> list[Any]:
+        stream = await c.client.chat.completions.create(**kwargs)
+        return [chunk_view(chunk) async for chunk in stream]
+
+    plain = await openai_case.run(sync, async_)
+    instrument_with()
+    openai_case.up.reset()
+    guarded = await openai_case.run(sync, async_)
+    assert guarded == plain
+    assert len(plain) >= N
+    _, receipt = await openai_case.settled()
+    source = "estimated" if stream_options == {"include_usage": False} else "provider"
+    assert (receipt.outcome, receipt.tokens.usage_source) == ("completed", source)
+
+
+async def test_openai_stream_helper_final_usage_is_the_unguarded_one(
+    openai_case: Case, instrument_with: Any
+) -> None:
+    kwargs = chat_kwargs(20, extra_headers=NATURAL, stream_options={"include_usage": True})
+
+    def sync(c: Case) -> tuple[int, Any]:
+        with chat_stream(c.client)(**kwargs) as stream:
+            events = list(stream)
+            return len(events), stream.get_final_completion().usage
+
+    async def async_(c: Case) -> tuple[int, Any]:
+        async with chat_stream(c.client)(**kwargs) as stream:
+            events = [event async for event in stream]
+            return len(events), (await stream.get_final_completion()).usage
+
+    plain = await openai_case.run(sync, async_)
+    instrument_with()
+    guarded = await openai_case.run(sync, async_)
+    assert guarded == plain
+    assert plain[1] is not None
+
+
+async def test_anthropic_helper_keeps_its_exact_type(
+    anthropic_case: Case, instrument_with: Any
+) -> None:
+    def sync(c: Case) -> list[type]:
+        types = []
+        with c.client.messages.stream(**message_kwargs()) as stream:
+            types.append(type(stream))
+            stream.until_done()
+        if hasattr(c.client.beta.messages, "stream"):
+            with c.client.beta.messages.stream(**message_kwargs()) as stream:
+                types.append(type(stream))
+                stream.until_done()
+        return types
+
+    async def async_(c: Case) -> list[type]:
+        types = []
+        async with c.client.messages.stream(**message_kwargs()) as stream:
+            types.append(type(stream))
+            await stream.until_done()
+        if hasattr(c.client.beta.messages, "stream"):
+            async with c.client.beta.messages.stream(**message_kwargs()) as stream:
+                types.append(type(stream))
+                await stream.until_done()
+        return types
+
+    plain = await anthropic_case.run(sync, async_)
+    instrument_with()
+    assert await anthropic_case.run(sync, async_) == plain
+
+
+def _anthropic_spans(c: Case) -> tuple[Any, Any]:
+    """A client of the case's kind whose own OTel spans (anthropic 2.x) go to a fresh exporter."""
+    import inspect
+
+    anthropic = c.adapter.sdk()
+    cls = anthropic.AsyncAnthropic if c.is_async else anthropic.Anthropic
+    if "open_telemetry" not in inspect.signature(cls.__init__).parameters:
+        pytest.skip(f"anthropic {anthropic.__version__} has no spans of its own")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client = cls(
+        base_url=c.up.anthropic_base_url,
+        api_key="test",
+        max_retries=0,
+        open_telemetry={"tracer_provider": provider},
+    )
+    return client, exporter
+
+
+@pytest.mark.parametrize("how", ["close", "with-exit", "drop"])
+async def test_anthropic_own_span_ends_as_it_does_without_streamguard(
+    anthropic_case: Case, instrument_with: Any, how: str
+) -> None:
+    # The guard's close runs the SDK's own close (after shutting the socket), so the SDK's
+    # call span ends, with the status it has without StreamGuard.
+    client, exporter = _anthropic_spans(anthropic_case)
+    kwargs = {**message_kwargs(LONG), "stream": True}
+
+    def sync(c: Case) -> list[tuple[str, Any, bool, list[str]]]:
+        stream = client.messages.create(**kwargs)
+        if how == "with-exit":
+            with stream:
+                c.take(stream)
+        else:
+            c.take(stream)
+            if how == "close":
+                stream.close()
+            del stream
+        return spans()
+
+    async def async_(c: Case) -> list[tuple[str, Any, bool, list[str]]]:
+        stream = await client.messages.create(**kwargs)
+        if how == "with-exit":
+            async with stream:
+                await c.atake(stream)
+        else:
+            await c.atake(stream)
+            if how == "close":
+                await stream.close()
+            del stream
+        await asyncio.sleep(0.05)  # a close spawned by the finaliser runs on this loop
+        return spans()
+
+    def spans() -> list[tuple[str, Any, bool, list[str]]]:
+        time.sleep(0.05)
+        ended = [
+            (s.name, s.status.status_code, s.end_time is not None, sorted(s.attributes or {}))
+            for s in exporter.get_finished_spans()
+        ]
+        exporter.clear()
+        return ended
+
+    plain = await anthropic_case.run(sync, async_)
+    instrument_with()
+    anthropic_case.up.reset()
+    guarded = await anthropic_case.run(sync, async_)
+    assert len(plain) == 1
+    assert guarded == plain
+    record, receipt = await anthropic_case.settled()
+    assert (receipt.reason, record.outcome) == ("consumer_closed", "disconnected")
+    if anthropic_case.is_async:
+        await client.close()
+    else:
+        client.close()
+
+
+async def test_anthropic_own_span_ends_when_the_stall_timer_stops_the_stream(
+    anthropic_case: Case, instrument_with: Any
+) -> None:
+    client, exporter = _anthropic_spans(anthropic_case)
+    instrument_with(stall_timeout=0.2)
+    kwargs = {**message_kwargs(LONG), "stream": True}
+
+    def sync(c: Case) -> None:
+        stream = client.messages.create(**kwargs)
+        c.take(stream)
+        c.receipt()
+        assert stream is not None  # kept: only the stall timer stops it
+
+    async def async_(c: Case) -> None:
+        stream = await client.messages.create(**kwargs)
+        await c.atake(stream)
+        await c.areceipt()
+        await asyncio.sleep(0.05)
+        assert stream is not None
+
+    await anthropic_case.run(sync, async_)
+    (span,) = exporter.get_finished_spans()
+    assert span.end_time is not None
+    assert anthropic_case.sink.receipts[0].reason == "consumer_stalled"

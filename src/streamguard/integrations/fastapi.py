@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # one line naming the extra, not a traceback from d
 
 from streamguard._engine.handle import cancel_stream
 from streamguard.exceptions import BudgetExceeded, StreamBlocked, StreamCancelled
-from streamguard.providers._base import handle_of
+from streamguard.providers._base import core_of, handle_of
 
 __all__ = ["cancel_router", "error_event", "sse_response", "websocket_relay"]
 
@@ -39,7 +39,7 @@ ToData = Callable[[Any], Any]
 
 
 def _text(stream: Any) -> ToData:
-    core = getattr(stream, "_self_core", None) or getattr(stream, "_core", None)
+    core = core_of(stream) or getattr(stream, "_core", None)
     text_of = getattr(core, "text_of", None)
 
     def to_data(chunk: Any) -> Any:

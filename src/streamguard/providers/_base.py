@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import wrapt
@@ -22,13 +22,16 @@ from streamguard._engine.drivers import Meter
 from streamguard._engine.handle import StreamHandle
 from streamguard._engine.holdback import async_driver, sync_driver
 from streamguard._engine.reasons import StopReason
-from streamguard._runtime import get_runtime
+from streamguard._runtime import Runtime, get_runtime, report_fault
 
 __all__ = [
     "AsyncStreamGuard",
+    "Layers",
     "ObjectProxy",
     "Patcher",
     "SyncStreamGuard",
+    "core_of",
+    "discard_core",
     "handle_of",
     "in_guarded_call",
     "new_core",
@@ -230,13 +233,112 @@ class AsyncStreamGuard(ObjectProxy):
         raise TypeError("A guarded stream cannot be pickled: it owns one upstream connection.")
 
 
+def core_of(stream: object) -> StreamCore | None:
+    """The core of a guarded stream: a proxy guard (``_self_core``), a stream guarded in place
+    (its driver in ``_streamguard``), or either under other instrumentation's wrappers (attribute
+    forwarding, or a ``__wrapped__`` chain)."""
+    for _ in range(8):
+        core = getattr(stream, "_self_core", None)
+        if isinstance(core, StreamCore):
+            return core
+        core = getattr(getattr(stream, "_streamguard", None), "core", None)
+        if isinstance(core, StreamCore):
+            return core
+        stream = getattr(stream, "__wrapped__", None)
+        if stream is None:
+            return None
+    return None
+
+
 def handle_of(stream: object) -> StreamHandle | None:
     """The StreamGuard handle of a guarded stream, or None if it is not guarded."""
-    core = getattr(stream, "_self_core", None)
-    return StreamHandle(core) if isinstance(core, StreamCore) else None
+    core = core_of(stream)
+    return StreamHandle(core) if core is not None else None
+
+
+def discard_core(core: StreamCore, why: str) -> None:
+    """Forget a core whose request produced no stream StreamGuard can guard: no receipt (it
+    would claim what StreamGuard did not see), one warning per kind, budgets settled at zero."""
+    runtime = cast(Runtime, core.runtime)  # providers stand on the runtime: its host is one
+    runtime.warn_once(
+        f"discard:{why}",
+        f"StreamGuard could not guard a {core.provider} stream: {why}. It is NOT guarded and "
+        "gets no receipt.",
+    )
+    try:
+        with runtime._lock:
+            runtime._streams.pop(core.stream_id, None)
+        core.stop_reason = StopReason.COMPLETED  # nothing may stop or seal it any more
+        core.runtime.unwatch(core)
+        if core.spend is not None:
+            core.spend.settle(None, 0)
+        if core.span is not None:
+            core.span.set_attribute("streamguard.unguarded", why)
+            core.span.end()
+            runtime.telemetry.active.add(-1, {"gen_ai.provider.name": core.provider})
+    except Exception as exc:
+        report_fault("discard", exc)
 
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+_MISSING: Any = object()
+
+
+class Layers:
+    """StreamGuard's own layers on SDK attributes, each removable on its own.
+
+    Other instrumentation (OpenLLMetry, OTel's openai-v2) may wrap the same attribute before or
+    after StreamGuard. Removing a layer never restores a saved value over someone else's: when
+    another wrapper now sits outside StreamGuard's, StreamGuard's layer is found in that
+    wrapper's ``__wrapped__`` chain and spliced out, so the other layer keeps working.
+    """
+
+    def __init__(self) -> None:
+        self._layers: list[tuple[Any, str, Any, Any]] = []  # owner, attr, ours, what it replaced
+
+    def wrap(self, owner: Any, attr: str, wrapper: Wrapper) -> None:
+        """A wrapt function wrapper (``wrapper(wrapped, instance, args, kwargs)``)."""
+        original = vars(owner)[attr]
+        ours = wrapt.FunctionWrapper(original, wrapper)
+        setattr(owner, attr, ours)
+        self._layers.append((owner, attr, ours, original))
+
+    def replace(self, owner: Any, attr: str, value: Any) -> None:
+        """A plain attribute (hot paths: a function called per chunk, no wrapper frames)."""
+        original = vars(owner).get(attr, _MISSING)
+        setattr(owner, attr, value)
+        self._layers.append((owner, attr, value, original))
+
+    def remove_all(self) -> None:
+        while self._layers:
+            owner, attr, ours, original = self._layers.pop()
+            try:
+                _remove_layer(owner, attr, ours, original)
+            except Exception as exc:  # one attribute must not keep the others patched
+                log.warning("StreamGuard could not remove its patch of %s.%s: %r", owner, attr, exc)
+
+
+def _remove_layer(owner: Any, attr: str, ours: Any, original: Any) -> None:
+    current = vars(owner).get(attr, _MISSING)
+    if current is ours:
+        if original is _MISSING:
+            delattr(owner, attr)
+        else:
+            setattr(owner, attr, original)
+        return
+    layer = current
+    for _ in range(64):
+        inner = getattr(layer, "__wrapped__", _MISSING)
+        if inner is _MISSING:
+            break
+        if inner is ours:
+            if original is _MISSING:
+                original = getattr(ours, "__wrapped__", None)
+            layer.__wrapped__ = original
+            return
+        layer = inner
+    # Someone else already removed (or replaced) StreamGuard's layer: nothing of ours is left.
+    log.debug("StreamGuard's patch of %s.%s was already gone", owner, attr)
 
 
 class Patcher:
@@ -255,7 +357,7 @@ class Patcher:
         raise NotImplementedError
 
     def __init__(self) -> None:
-        self._saved: list[tuple[Any, str, Any]] = []
+        self.layers = Layers()
 
     def version(self) -> str | None:
         try:
@@ -285,8 +387,7 @@ class Patcher:
             owner = _resolve(module, owner_name) if owner_name else module
             if owner is None or attr not in vars(owner):
                 continue
-            self._saved.append((owner, attr, vars(owner)[attr]))
-            wrapt.wrap_function_wrapper(owner, attr, wrapper)
+            self.layers.wrap(owner, attr, wrapper)
         self.after_patch()
         return True
 
@@ -294,9 +395,8 @@ class Patcher:
         """Extra patches that are not plain method wrappers (module-level bindings)."""
 
     def unpatch(self) -> None:
-        while self._saved:
-            owner, attr, original = self._saved.pop()
-            setattr(owner, attr, original)
+        """Remove StreamGuard's layers only; other instrumentation's wrappers stay."""
+        self.layers.remove_all()
 
 
 def _resolve(module: Any, dotted: str) -> Any:

@@ -6,35 +6,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from streamguard._engine.core import StreamCore
 from streamguard._engine.guards import GuardedAsyncIterator, GuardedIterator
 from streamguard.providers._base import AsyncStreamGuard, SyncStreamGuard, handle_of, new_core
 from streamguard.providers._calls import abort_closer, socket_abort
 
 __all__ = ["guard"]
-
-
-class _OpenAIMeter:
-    """Chat or Responses: decided by the first chunk, since a Stream does not say which."""
-
-    __slots__ = ("core", "inner")
-
-    def __init__(self, core: StreamCore) -> None:
-        self.core = core
-        self.inner: Any = None
-
-    def __call__(self, chunk: Any) -> int:
-        inner = self.inner
-        if inner is None:
-            from streamguard.providers.openai._meters import ChatMeter, ResponsesMeter
-
-            inner = (
-                ChatMeter(self.core, False)
-                if hasattr(chunk, "choices")
-                else ResponsesMeter(self.core)
-            )
-            self.inner = inner
-        return int(inner(chunk))
 
 
 def _sdk_kind(stream: Any) -> tuple[str, bool] | None:
@@ -92,7 +68,9 @@ def guard(
     core = new_core(sdk, {}, model=model, max_tokens=max_tokens)
     core.attributes.update(attributes or {})
     if sdk == "openai":
-        meter: Any = _OpenAIMeter(core)
+        from streamguard.providers.openai._meters import AutoMeter
+
+        meter: Any = AutoMeter(core)
     else:
         from streamguard.providers.anthropic._patch import MessagesMeter
 

@@ -1,33 +1,47 @@
-"""Patch targets of the anthropic SDK, its meter, and the MessageStream helper."""
+"""anthropic: every SSE stream, guarded in place where the client builds it (``_stainless``).
+
+Messages (and beta messages), ``create(stream=True)`` and the ``.stream()`` helpers alike: the
+helper's own type is kept (``type(stream) is BetaMessageStream``) because the guard sits on
+the raw ``Stream`` inside it. anthropic 0.x gives ``Stream`` a metaclass whose ``isinstance``
+accepts only the exact class (PROVIDERS.md pitfall 10): in place, the stream is that class.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from streamguard._engine.core import NOT_A_UNIT, StreamCore
-from streamguard._engine.reasons import StopReason
+from streamguard._engine.drivers import Meter
 from streamguard._money.estimate import estimate_tokens
-from streamguard.providers._base import (
-    AsyncStreamGuard,
-    ObjectProxy,
-    Patcher,
-    SyncStreamGuard,
-    fail_core,
-    in_guarded_call,
-    new_core,
-)
-from streamguard.providers._calls import (
-    Guarding,
-    abort_closer,
-    call_guarded,
-    sdk_result_guard,
-    socket_abort,
+from streamguard.providers._base import Patcher
+from streamguard.providers._stainless import (
+    StainlessSdk,
+    helper_close,
+    install,
+    raw_response_close,
+    release,
 )
 
 __all__ = ["AnthropicPatcher", "MessagesMeter"]
 
 PROVIDER = "anthropic"
-_MODULES = ("anthropic.resources.messages.messages", "anthropic.resources.beta.messages.messages")
+#: Request path -> operation; every anthropic stream is metered as message events (other
+#: event kinds pass through uncounted).
+ENDPOINTS: list[tuple[str, str]] = [("/v1/messages", "chat"), ("/v1/complete", "text_completion")]
+# 0.x helpers close the HTTP response themselves, bypassing their raw stream (pitfall 6);
+# later ones call the raw stream's close, which the wrapper then leaves to them.
+_HELPERS = (
+    ("anthropic.lib.streaming._messages", "MessageStream.close"),
+    ("anthropic.lib.streaming._messages", "AsyncMessageStream.close"),
+    ("anthropic.lib.streaming._beta_messages", "BetaMessageStream.close"),
+    ("anthropic.lib.streaming._beta_messages", "BetaAsyncMessageStream.close"),
+)
+_RAW_RESPONSES = (
+    ("anthropic._response", "APIResponse.close"),
+    ("anthropic._response", "AsyncAPIResponse.close"),
+    ("anthropic._legacy_response", "LegacyAPIResponse.close"),
+)
 
 
 class MessagesMeter:
@@ -77,157 +91,33 @@ class MessagesMeter:
         return getattr(event.delta, "text", None)
 
 
-def _start(instance: Any, kwargs: dict[str, Any]) -> tuple[StreamCore, Guarding]:
-    max_tokens = kwargs.get("max_tokens")
-    core = new_core(
-        PROVIDER,
-        kwargs,
-        operation="chat",
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-        base_url=instance._client.base_url,
-    )
-    return core, Guarding(core, MessagesMeter(core))
+class _Anthropic(StainlessSdk):
+    provider = PROVIDER
 
-
-def _types() -> dict[str, tuple[type, ...]]:
-    import anthropic
-    from anthropic._response import APIResponse, AsyncAPIResponse
-
-    return {
-        "sync_types": (anthropic.Stream,),
-        "async_types": (anthropic.AsyncStream,),
-        "raw_types": (APIResponse,),
-        "async_raw_types": (AsyncAPIResponse,),
-    }
-
-
-def _create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if kwargs.get("stream") is not True or in_guarded_call():
-        return wrapped(*args, **kwargs)
-    core, guarding = _start(instance, kwargs)
-    return call_guarded(wrapped, args, kwargs, core, sdk_result_guard(guarding, **_types()))
-
-
-def _stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    # ``.stream()`` posts by itself, not through ``create`` (PROVIDERS.md): guard on enter.
-    manager = wrapped(*args, **kwargs)
-    if in_guarded_call():
-        return manager
-    return MessageStreamManagerGuard(manager, instance, kwargs)
-
-
-class MessageStreamManagerGuard(ObjectProxy):
-    """Puts the guard inside the MessageStream (its ``_raw_stream``), so ``text_stream``,
-    ``get_final_message()``, ``until_done()`` and ``close()`` all pass through it."""
-
-    def __init__(self, manager: Any, instance: Any, kwargs: dict[str, Any]) -> None:
-        super().__init__(manager)
-        self._self_instance = instance
-        self._self_kwargs = kwargs
-
-    def __enter__(self) -> Any:
-        core, guarding = _start(self._self_instance, self._self_kwargs)
-        try:
-            helper = self.__wrapped__.__enter__()
-            raw = helper._raw_stream
-            core.bind_upstream(close=abort_closer(raw.response, core))
-            helper._raw_stream = SyncStreamGuard(raw, core, guarding.meter)
-        except BaseException as exc:
-            fail_core(core, exc)
-            raise
-        return SyncHelperGuard(helper, core)
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        return self.__wrapped__.__exit__(*exc_info)
-
-    async def __aenter__(self) -> Any:
-        core, guarding = _start(self._self_instance, self._self_kwargs)
-        try:
-            helper = await self.__wrapped__.__aenter__()
-            raw = helper._raw_stream
-            core.bind_upstream(
-                aclose=raw.response.aclose,
-                abort=socket_abort(raw.response, core),
-            )
-            helper._raw_stream = AsyncStreamGuard(raw, core, guarding.meter)
-        except BaseException as exc:
-            fail_core(core, exc)
-            raise
-        return AsyncHelperGuard(helper, core)
-
-    async def __aexit__(self, *exc_info: Any) -> Any:
-        return await self.__wrapped__.__aexit__(*exc_info)
-
-
-class SyncHelperGuard(ObjectProxy):
-    """The MessageStream the application holds: dropping it closes the upstream at once
-    (the helper itself is in a reference cycle that only the cyclic GC would break)."""
-
-    def __init__(self, helper: Any, core: StreamCore) -> None:
-        super().__init__(helper)
-        self._self_core = core
-
-    # Iteration goes to the helper, whose raw stream is guarded (wrapt would forward
-    # __iter__ to the helper's own generator method and return it unguarded by this proxy).
-    def __iter__(self) -> Any:
-        return self
-
-    def __next__(self) -> Any:
-        return self.__wrapped__.__next__()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.__wrapped__.close()
-
-    def __del__(self) -> None:
-        if self._self_core.stop_reason is None:
-            self._self_core.request_stop(
-                StopReason.CONSUMER_CLOSED, "the stream was dropped before it ended"
-            )
-
-
-class AsyncHelperGuard(ObjectProxy):
-    """The AsyncMessageStream the application holds; see ``SyncHelperGuard``."""
-
-    def __init__(self, helper: Any, core: StreamCore) -> None:
-        super().__init__(helper)
-        self._self_core = core
-
-    def __aiter__(self) -> Any:
-        return self
-
-    async def __anext__(self) -> Any:
-        return await self.__wrapped__.__anext__()
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.__wrapped__.close()
-
-    def __del__(self) -> None:
-        if self._self_core.stop_reason is None:
-            self._self_core.request_stop(
-                StopReason.CONSUMER_CLOSED, "the stream was dropped before it ended"
-            )
+    def endpoint(self, url: str, hidden: bool) -> tuple[str, Callable[[StreamCore], Meter]]:
+        operation = next((op for path, op in ENDPOINTS if url.startswith(path)), "chat")
+        return operation, MessagesMeter
 
 
 class AnthropicPatcher(Patcher):
     name = "anthropic"
     distribution = "anthropic"
-    # anthropic 0.x releases (seen in 0.121) give Stream an exact-class metaclass that no
-    # proxy passes isinstance on; 2.x has a plain one (PROVIDERS.md pitfall 10).
-    supported = ("2.0", "3")
+    # Every release line: 0.x (0.40 to 0.125, whose Stream passes isinstance only as the exact
+    # class), 1.x and 2.x; the ends of each are tested in `make compat`.
+    supported = ("0.40", "3")
 
     def targets(self) -> list[tuple[str, str, Any]]:
-        found: list[tuple[str, str, Any]] = []
-        for module in _MODULES:
-            found += [
-                (module, "Messages.create", _create),
-                (module, "AsyncMessages.create", _create),
-                (module, "Messages.stream", _stream),
-                (module, "AsyncMessages.stream", _stream),
-            ]
-        return found
+        return [
+            *((module, path, helper_close) for module, path in _HELPERS),
+            *((module, path, raw_response_close) for module, path in _RAW_RESPONSES),
+        ]
+
+    def after_patch(self) -> None:
+        import anthropic._base_client as base_client
+        import anthropic._streaming as streams
+
+        install(_Anthropic(), self.layers, streams, base_client)
+
+    def unpatch(self) -> None:
+        super().unpatch()
+        release(PROVIDER)

@@ -7,21 +7,24 @@ from typing import Any
 from streamguard._engine.core import HIDE, NOT_A_UNIT, StreamCore
 from streamguard._money.estimate import estimate_tokens
 
-__all__ = ["ChatMeter", "ResponsesMeter"]
+__all__ = ["AutoMeter", "ChatMeter", "ResponsesMeter"]
 
 
 class ChatMeter:
     """Chat completion chunks (and legacy completion chunks, whose choices carry ``text``).
 
-    The usage chunk (``choices == []``) replaces the estimate; when StreamGuard injected
-    ``include_usage`` the application never sees it.
+    The usage chunk (``choices == []``) replaces the estimate. It is hidden from the
+    application only when it is the one StreamGuard caused: StreamGuard injected
+    ``include_usage`` (``hide_usage``) and the server showed it honoured that request, as OpenAI
+    does, with an explicit ``"usage": null`` on the chunks before. A server that sends usage
+    unasked (the application would have seen it without StreamGuard) keeps it visible.
     """
 
     __slots__ = ("core", "hide_usage")
 
     def __init__(self, core: StreamCore, hide_usage: bool) -> None:
         self.core = core
-        self.hide_usage = hide_usage
+        self.hide_usage = hide_usage  # until the first chunk says whether the server honoured it
 
     def __call__(self, chunk: Any) -> int:
         core = self.core
@@ -40,6 +43,8 @@ class ChatMeter:
         if core.response_id is None:
             core.response_id = chunk.id
             core.response_model = chunk.model
+            if self.hide_usage:
+                self.hide_usage = "usage" in _fields_set(chunk)
         choice = choices[0]
         if choice.finish_reason is not None:
             core.finish_reasons.append(choice.finish_reason)
@@ -66,6 +71,11 @@ class ChatMeter:
             return None
         delta = getattr(choices[0], "delta", None)
         return str(choices[0].text) if delta is None else delta.content
+
+
+def _fields_set(chunk: Any) -> Any:
+    fields = getattr(chunk, "model_fields_set", None)  # pydantic 2
+    return fields if fields is not None else getattr(chunk, "__fields_set__", ())
 
 
 _TEXT_EVENTS = frozenset(
@@ -111,3 +121,31 @@ class ResponsesMeter:
     @staticmethod
     def text(event: Any) -> str | None:
         return str(event.delta) if event.type in _TEXT_EVENTS else None
+
+
+class AutoMeter:
+    """A stream whose request StreamGuard did not see (or an endpoint without a meter of its
+    own): chat or Responses, decided by the first chunk. Other event streams are passed
+    through uncounted."""
+
+    __slots__ = ("core", "inner")
+
+    def __init__(self, core: StreamCore) -> None:
+        self.core = core
+        self.inner: Any = None
+
+    def __call__(self, chunk: Any) -> int:
+        inner = self.inner
+        if inner is None:
+            if hasattr(chunk, "choices"):
+                inner = ChatMeter(self.core, False)
+            elif isinstance(getattr(chunk, "type", None), str):
+                inner = ResponsesMeter(self.core)
+            else:
+                return NOT_A_UNIT
+            self.inner = inner
+        return int(inner(chunk))
+
+    def text(self, chunk: Any) -> str | None:
+        inner = self.inner
+        return inner.text(chunk) if inner is not None else None

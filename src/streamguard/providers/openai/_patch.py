@@ -1,111 +1,104 @@
-"""Patch targets of the openai SDK and how its results are guarded."""
+"""openai: every SSE stream, guarded in place where the client builds it (``_stainless``).
+
+Chat completions, legacy completions and the Responses API get their meters; the request
+side injects ``include_usage`` into chat and completions requests that did not ask for it
+(the extra chunk is then hidden from the application) and reads the limits for the receipt.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from streamguard._engine.core import StreamCore
+from streamguard._engine.drivers import Meter
 from streamguard._runtime import get_runtime
-from streamguard.providers._base import Patcher, in_guarded_call, new_core
-from streamguard.providers._calls import Guarding, call_guarded, sdk_result_guard
-from streamguard.providers.openai._meters import ChatMeter, ResponsesMeter
+from streamguard.providers._base import Patcher
+from streamguard.providers._stainless import (
+    StainlessSdk,
+    helper_close,
+    install,
+    raw_response_close,
+    release,
+)
+from streamguard.providers.openai._meters import AutoMeter, ChatMeter, ResponsesMeter
 
-__all__ = ["OpenAIPatcher"]
+__all__ = ["ENDPOINTS", "OpenAIPatcher"]
 
 PROVIDER = "openai"
-# The package re-exports the chat Completions classes, defined in a module in older openai (1.40)
-# and in a subpackage (``...chat.completions.completions``) in newer: the package finds both.
-_CHAT = "openai.resources.chat"
-_RESPONSES = "openai.resources.responses.responses"
-_COMPLETIONS = "openai.resources.completions"
+#: Request path prefix -> (operation, chunk kind). A path not listed is guarded with the
+#: AutoMeter and the operation "chat". Order matters: the first matching prefix wins.
+ENDPOINTS: list[tuple[str, str, str]] = [
+    ("/chat/completions", "chat", "chat"),
+    ("/completions", "text_completion", "chat"),
+    ("/responses", "chat", "responses"),
+]
 _HELPERS = (
     ("openai.lib.streaming.chat._completions", "ChatCompletionStream.close"),
     ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream.close"),
     ("openai.lib.streaming.responses._responses", "ResponseStream.close"),
     ("openai.lib.streaming.responses._responses", "AsyncResponseStream.close"),
 )
+_RAW_RESPONSES = (
+    ("openai._response", "APIResponse.close"),
+    ("openai._response", "AsyncAPIResponse.close"),
+    ("openai._legacy_response", "LegacyAPIResponse.close"),
+)
+_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-def _max_tokens(kwargs: dict[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = kwargs.get(key)
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    for key in _LIMITS:
+        value = body.get(key)
         if isinstance(value, int):
             return value
     return None
 
 
-def _with_usage(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Ask for exact usage when the caller did not; say whether to hide the extra chunk."""
+def _endpoint(path: str) -> tuple[str, str]:
+    for prefix, operation, kind in ENDPOINTS:
+        if prefix in path:  # "/v1/...", Azure's "/openai/deployments/<name>/..."
+            return operation, kind
+    return "chat", "auto"
+
+
+def _meter(kind: str, hide_usage: bool) -> Callable[[StreamCore], Meter]:
+    if kind == "chat":
+        return lambda core: ChatMeter(core, hide_usage)
+    if kind == "responses":
+        return ResponsesMeter
+    return AutoMeter
+
+
+def _with_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Ask for exact usage when the request did not; say whether to hide the extra chunk.
+
+    Only a request that did not set ``include_usage`` at all is changed, so another layer
+    that asked for usage (OpenLLMetry, the caller) gets its chunk as it would without
+    StreamGuard."""
     if not get_runtime().options.include_usage:
-        return kwargs, False
-    options = kwargs.get("stream_options")
+        return body, False
+    options = body.get("stream_options")
     if isinstance(options, dict) and "include_usage" in options:
-        return kwargs, False
+        return body, False
     merged = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return {**kwargs, "stream_options": merged}, True
+    return {**body, "stream_options": merged}, True
 
 
-def _guard_result(guarding: Guarding) -> Any:
-    import openai
-    from openai._legacy_response import LegacyAPIResponse
-    from openai._response import APIResponse, AsyncAPIResponse
+class _OpenAI(StainlessSdk):
+    provider = PROVIDER
 
-    return sdk_result_guard(
-        guarding,
-        sync_types=(openai.Stream,),
-        async_types=(openai.AsyncStream,),
-        raw_types=(LegacyAPIResponse, APIResponse),
-        async_raw_types=(AsyncAPIResponse,),
-    )
+    def prepare(self, url: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if body.get("stream") is True and _endpoint(url)[1] == "chat":
+            return _with_usage(body)
+        return body, False
 
+    def endpoint(self, url: str, hidden: bool) -> tuple[str, Callable[[StreamCore], Meter]]:
+        operation, kind = _endpoint(url)
+        return operation, _meter(kind, hidden)
 
-def _is_streaming(kwargs: dict[str, Any]) -> bool:
-    return kwargs.get("stream") is True and not in_guarded_call()
-
-
-def _streaming_call(operation: str, chunks: str) -> Any:
-    """The wrapper of one streaming entry point: ``chunks`` is "chat" (chat and legacy
-    completions chunks, with include_usage injected) or "responses" (Responses events)."""
-
-    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not _is_streaming(kwargs):
-            return wrapped(*args, **kwargs)
-        hide = False
-        if chunks == "chat":
-            kwargs, hide = _with_usage(kwargs)
-        core = new_core(
-            PROVIDER,
-            kwargs,
-            operation=operation,
-            max_tokens=_max_tokens(kwargs),
-            base_url=instance._client.base_url,
-        )
-        meter: Any = ChatMeter(core, hide) if chunks == "chat" else ResponsesMeter(core)
-        return call_guarded(wrapped, args, kwargs, core, _guard_result(Guarding(core, meter)))
-
-    return wrapper
-
-
-_chat_create = _streaming_call("chat", "chat")
-_completions_create = _streaming_call("text_completion", "chat")
-_responses = _streaming_call("chat", "responses")
-
-
-def _helper_close(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    # openai's stream helpers close the response they captured, bypassing the raw stream
-    # (PROVIDERS.md pitfall 6): route the close through the guard first.
-    raw: Any = getattr(instance, "_raw_stream", None)
-    if getattr(raw, "_self_driver", None) is not None:
-        result = raw.close()
-        if hasattr(result, "__await__"):
-            return _then(result, wrapped, args, kwargs)
-    return wrapped(*args, **kwargs)
-
-
-async def _then(first: Any, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    await first
-    return await wrapped(*args, **kwargs)
+    def max_tokens(self, body: dict[str, Any]) -> int | None:
+        return _max_tokens(body)
 
 
 class OpenAIPatcher(Patcher):
@@ -117,13 +110,16 @@ class OpenAIPatcher(Patcher):
 
     def targets(self) -> list[tuple[str, str, Any]]:
         return [
-            (_CHAT, "Completions.create", _chat_create),
-            (_CHAT, "AsyncCompletions.create", _chat_create),
-            (_RESPONSES, "Responses.create", _responses),
-            (_RESPONSES, "AsyncResponses.create", _responses),
-            (_RESPONSES, "Responses.retrieve", _responses),
-            (_RESPONSES, "AsyncResponses.retrieve", _responses),
-            (_COMPLETIONS, "Completions.create", _completions_create),
-            (_COMPLETIONS, "AsyncCompletions.create", _completions_create),
-            *((module, path, _helper_close) for module, path in _HELPERS),
+            *((module, path, helper_close) for module, path in _HELPERS),
+            *((module, path, raw_response_close) for module, path in _RAW_RESPONSES),
         ]
+
+    def after_patch(self) -> None:
+        import openai._base_client as base_client
+        import openai._streaming as streams
+
+        install(_OpenAI(), self.layers, streams, base_client)
+
+    def unpatch(self) -> None:
+        super().unpatch()
+        release(PROVIDER)

@@ -1,0 +1,46 @@
+"""The coexistence tier (``make coexist``): StreamGuard beside other instrumentation of the same
+SDK methods, OpenLLMetry (``opentelemetry-instrumentation-openai`` / ``-anthropic``) and OTel's
+``opentelemetry-instrumentation-openai-v2``, in either order. Those packages come with the
+``coexist`` extra in their own venv (they also register ``opentelemetry-instrument`` entry
+points, which would change what the default suite's subprocess tests run); without them this
+directory is not collected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+import pytest
+
+from streamguard.testing import Upstream
+
+_PEERS = (
+    "opentelemetry.instrumentation.openai",
+    "opentelemetry.instrumentation.openai_v2",
+    "opentelemetry.instrumentation.anthropic",
+)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+collect_ignore_glob = [] if all(_installed(m) for m in _PEERS) else ["test_*.py"]
+
+INTERVAL = 0.02  # seconds per token at the upstream
+
+
+@pytest.fixture(scope="package")
+def shared_upstream() -> Iterator[Upstream]:
+    with Upstream(token_interval=INTERVAL, default_max_tokens=64) as up:
+        yield up
+
+
+@pytest.fixture
+def up(shared_upstream: Upstream) -> Upstream:
+    shared_upstream.reset()
+    return shared_upstream
