@@ -117,3 +117,24 @@ compat: $(COMPAT_NEW)/.installed $(COMPAT_OLD)/.installed
 		-k 'not openai and not ollama'
 	$(COMPAT_OLD)/bin/python -m pytest -q $(COMPAT_TESTS) \
 		-k 'not anthropic and not gemini and not mistral'
+
+# The frameworks tier (tests/frameworks): LiteLLM, the OpenAI Agents SDK, LangChain, LlamaIndex
+# and pydantic-ai from PyPI open the streams, against the project's upstream on loopback. Its
+# own venv, so `make test` never depends on the frameworks' (large) dependency trees.
+FRAMEWORKS_VENV  ?= .venv-frameworks
+FRAMEWORKS_PY    := $(FRAMEWORKS_VENV)/bin/python
+FRAMEWORKS_STAMP := $(FRAMEWORKS_VENV)/.installed
+
+.PHONY: frameworks
+
+$(FRAMEWORKS_PY):
+	$(PYTHON) -m venv $(FRAMEWORKS_VENV)
+	echo '*' > $(FRAMEWORKS_VENV)/.gitignore
+	$(FRAMEWORKS_PY) -m pip install -q --upgrade pip
+
+$(FRAMEWORKS_STAMP): $(FRAMEWORKS_PY) pyproject.toml
+	$(FRAMEWORKS_PY) -m pip install -q -e '.[frameworks]'
+	touch $(FRAMEWORKS_STAMP)
+
+frameworks: $(FRAMEWORKS_STAMP)
+	$(FRAMEWORKS_PY) -m pytest -q -p no:cacheprovider tests/frameworks
