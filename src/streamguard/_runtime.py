@@ -31,6 +31,7 @@ from streamguard._receipts.model import Receipt
 from streamguard._receipts.signing import Signer, load_signer
 from streamguard._telemetry.otel import Telemetry
 from streamguard.exceptions import BudgetExceeded
+from streamguard.integrations._owners import current_run
 from streamguard.integrations._request import current_request
 
 __all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
@@ -121,6 +122,9 @@ class Runtime:
         owner = current_request()
         if owner is not None:
             owner.add(core)
+        run = current_run()  # a framework's background run (integrations/_owners.py)
+        if run is not None:
+            run.add(core)
         limits = current_limits()
         scope = current_scope()
         if scope:

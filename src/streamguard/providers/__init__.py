@@ -9,6 +9,7 @@ __all__ = ["all_patchers"]
 
 def all_patchers() -> list[Any]:
     """A patcher per supported SDK; each skips itself when its SDK is not installed."""
+    from streamguard.integrations.agents import AgentsPatcher
     from streamguard.integrations.litellm import LiteLLMPatcher
     from streamguard.providers.anthropic import AnthropicPatcher
     from streamguard.providers.gemini import GeminiPatcher
@@ -23,6 +24,6 @@ def all_patchers() -> list[Any]:
         GeminiPatcher(),
         MistralPatcher(),
     ]
-    # LiteLLM last: its patch applies when the application imports litellm (a post-import hook).
-    patchers.append(LiteLLMPatcher())
+    # The frameworks last: their patches apply when the application imports them.
+    patchers += [LiteLLMPatcher(), AgentsPatcher()]
     return patchers

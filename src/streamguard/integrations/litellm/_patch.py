@@ -9,29 +9,24 @@ vendor stream arrive guarded anyway (``from litellm import completion`` bound be
 ``instrument()``, whose call the marker does not cover), the LiteLLM layer defers to that
 guard instead: one stream, one guard, one receipt either way.
 
-LiteLLM is imported only by the application: ``instrument()`` registers a post-import hook,
-so the patch applies when (or if) the application imports ``litellm``.
+LiteLLM is imported only by the application (``LazyPatcher``): the patch applies when it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
-import sys
 import weakref
 from typing import Any
-
-import wrapt
 
 from streamguard._engine.core import StreamCore
 from streamguard._engine.holdback import async_driver, sync_driver
 from streamguard._engine.reasons import StopReason
 from streamguard._runtime import get_runtime
+from streamguard.integrations._lazy import LazyPatcher
 from streamguard.integrations.litellm._meter import LiteLLMMeter, usage_from_chunks
 from streamguard.providers._base import (
     ObjectProxy,
-    Patcher,
     guarded_call,
     in_guarded_call,
     new_core,
@@ -39,8 +34,6 @@ from streamguard.providers._base import (
 from streamguard.providers._calls import socket_abort
 
 __all__ = ["LiteLLMPatcher"]
-
-log = logging.getLogger("streamguard")
 
 _WRAPPER = "litellm.litellm_core_utils.streaming_handler"
 _STATE = "_streamguard_state"
@@ -363,19 +356,10 @@ async def _marked(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         return _held(await wrapped(*args, **kwargs))
 
 
-_hook_registered = False
-_current: LiteLLMPatcher | None = None
-
-
-def _on_import(module: Any) -> None:
-    patcher = _current
-    if patcher is not None:
-        patcher.apply()
-
-
-class LiteLLMPatcher(Patcher):
+class LiteLLMPatcher(LazyPatcher):
     name = "litellm"
     distribution = "litellm"
+    module = "litellm"
     # The newest 1.x is tested (make frameworks); CustomStreamWrapper and the attributes read
     # here (completion_stream, chunks, custom_llm_provider, model) go back to early 1.x.
     supported = ("1.60", "2")
@@ -390,32 +374,3 @@ class LiteLLMPatcher(Patcher):
             ("litellm", "completion", _completion),
             ("litellm", "acompletion", _acompletion),
         ]
-
-    def patch(self) -> bool:
-        """Registers the patch for when ``litellm`` is imported (at once if it already is):
-        importing LiteLLM costs seconds, and only the application should decide to pay it."""
-        global _hook_registered, _current
-        version = self.version()
-        if version is None:
-            return False
-        _current = self
-        if not _hook_registered:
-            _hook_registered = True
-            wrapt.register_post_import_hook(_on_import, "litellm")
-        elif "litellm" in sys.modules:
-            self.apply()
-        return True
-
-    def apply(self) -> None:
-        if self._saved:
-            return
-        try:
-            Patcher.patch(self)
-        except Exception as exc:  # the application's import of litellm must not fail (G7)
-            log.warning("StreamGuard could not patch litellm: %r", exc)
-
-    def unpatch(self) -> None:
-        global _current
-        if _current is self:
-            _current = None
-        super().unpatch()
