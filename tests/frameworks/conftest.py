@@ -8,6 +8,7 @@ checks afterwards that no stream got more than one receipt.
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 from collections.abc import Iterator
 
@@ -57,6 +58,14 @@ def guarded(sink: InMemoryReceiptSink) -> Iterator[InMemoryReceiptSink]:
     per_stream = collections.Counter(r.stream_id for r in sink.receipts)
     twice = {stream: n for stream, n in per_stream.items() if n != 1}
     assert not twice, f"streams with more than one receipt: {twice}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # One event loop for the tier: LangChain caches its async HTTP clients process-wide, so a
+    # client made on one test's loop would be used on the next one's (closed) loop.
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,7 +5,6 @@ Completions and Responses models."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,10 +35,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def client(up: Upstream) -> AsyncIterator[Any]:
-    client = openai.AsyncOpenAI(base_url=up.openai_base_url, api_key="test", max_retries=0)
-    yield client
-    await client.close()
+def client(up: Upstream) -> Any:
+    return openai.AsyncOpenAI(base_url=up.openai_base_url, api_key="test", max_retries=0)
 
 
 def _run(client: Any, kind: str, tokens: int) -> Any:
