@@ -8,7 +8,7 @@ from typing import Any
 from streamguard._engine.core import HIDE, NOT_A_UNIT, StreamCore
 from streamguard._money.estimate import estimate_tokens
 
-__all__ = ["LiteLLMMeter", "usage_from_chunks"]
+__all__ = ["LiteLLMMeter", "usage_from_chunks", "usage_only"]
 
 
 def _reported(usage: Any) -> bool:
@@ -61,7 +61,7 @@ class LiteLLMMeter:
         usage = getattr(chunk, "usage", None)
         if _reported(usage):
             set_usage(core, usage)
-            if not unit and self.hide_usage:
+            if self.hide_usage and usage_only(chunk):
                 return HIDE
         return max(tokens, 1) if unit else NOT_A_UNIT
 
@@ -72,6 +72,23 @@ class LiteLLMMeter:
             return None
         delta = getattr(choices[0], "delta", None)
         return getattr(delta, "content", None) if delta is not None else None
+
+
+def usage_only(chunk: Any) -> bool:
+    """The extra chunk ``include_usage`` adds: usage, and no output or finish reason."""
+    if getattr(chunk, "usage", None) is None:
+        return False
+    for choice in getattr(chunk, "choices", None) or ():
+        if getattr(choice, "finish_reason", None):
+            return False
+        delta = getattr(choice, "delta", None)
+        if delta is not None and (
+            getattr(delta, "content", None)
+            or getattr(delta, "reasoning_content", None)
+            or getattr(delta, "tool_calls", None)
+        ):
+            return False
+    return True
 
 
 def set_usage(core: StreamCore, usage: Any) -> None:

@@ -24,7 +24,7 @@ from streamguard._engine.holdback import async_driver, sync_driver
 from streamguard._engine.reasons import StopReason
 from streamguard._runtime import get_runtime
 from streamguard.integrations._lazy import LazyPatcher
-from streamguard.integrations.litellm._meter import LiteLLMMeter, usage_from_chunks
+from streamguard.integrations.litellm._meter import LiteLLMMeter, usage_from_chunks, usage_only
 from streamguard.providers._base import (
     ObjectProxy,
     guarded_call,
@@ -94,17 +94,30 @@ class _Upstream:
 
 
 class _State:
-    """Per-stream guard state, kept on the ``CustomStreamWrapper`` itself."""
+    """Per-stream guard state, kept on the ``CustomStreamWrapper`` itself.
 
-    __slots__ = ("core", "driver", "upstream")
+    Owning: ``driver`` reads the wrapper through ``core``. Deferring (``driver`` None): ``core``
+    is the vendor guard's underneath, or None; the stop signals only this layer sees (the
+    application dropping or closing the wrapper) are passed on to it, and ``hide`` drops the
+    usage chunk StreamGuard asked LiteLLM for.
+    """
 
-    def __init__(self, core: StreamCore | None, driver: Any, upstream: _Upstream | None) -> None:
-        self.core = core  # None: the stream is not guarded here (deferred or not instrumented)
+    __slots__ = ("core", "driver", "hide", "upstream")
+
+    def __init__(
+        self,
+        core: StreamCore | None,
+        driver: Any = None,
+        upstream: _Upstream | None = None,
+        hide: bool = False,
+    ) -> None:
+        self.core = core
         self.driver = driver
         self.upstream = upstream
+        self.hide = hide
 
 
-_PASS = _State(None, None, None)
+_PASS = _State(None)
 
 
 class _Pull:
@@ -164,12 +177,19 @@ def _harvest(state: _State, wrapper: Any) -> None:
         usage_from_chunks(state.core, getattr(wrapper, "chunks", ()) or ())
 
 
-def _already_guarded(stream: Any) -> bool:
-    from streamguard._engine.handle import StreamHandle
+def _inner_core(stream: Any) -> StreamCore | None:
+    """The core of a vendor-SDK guard on ``stream``: a proxy (``_self_core``) or an in-place
+    guard (its driver in ``_streamguard``)."""
+    core = getattr(stream, "_self_core", None)
+    if isinstance(core, StreamCore):
+        return core
+    core = getattr(getattr(stream, "_streamguard", None), "core", None)
+    return core if isinstance(core, StreamCore) else None
 
-    return isinstance(getattr(stream, "_self_core", None), StreamCore) or isinstance(
-        getattr(stream, "streamguard", None), StreamHandle
-    )
+
+def _injected(wrapper: Any) -> bool:
+    logging_obj = getattr(wrapper, "logging_obj", None)
+    return getattr(logging_obj, "stream_usage_injected", False) is True
 
 
 def _max_tokens(wrapper: Any) -> int | None:
@@ -188,8 +208,9 @@ def _start(wrapper: Any, step: Any, is_async: bool) -> _State:
     if in_guarded_call():
         return _PASS  # an outer guard owns it (a LiteLLM wrapper around another)
     stream = wrapper.completion_stream
-    if stream is not None and _already_guarded(stream):
-        return _PASS
+    inner = _inner_core(stream) if stream is not None else None
+    if inner is not None:
+        return _State(inner, hide=_injected(wrapper))
     hidden = getattr(wrapper, "_hidden_params", None) or {}
     provider = getattr(wrapper, "custom_llm_provider", None) or "litellm"
     request = {
@@ -210,8 +231,7 @@ def _start(wrapper: Any, step: Any, is_async: bool) -> _State:
     state = _State(core, None, _Upstream(core, stream))
     upstream = state.upstream
     assert upstream is not None
-    logging_obj = getattr(wrapper, "logging_obj", None)
-    meter = LiteLLMMeter(core, getattr(logging_obj, "stream_usage_injected", False) is True)
+    meter = LiteLLMMeter(core, _injected(wrapper))
     core.text_of = meter.text
     pull = _Pull(wrapper, step, state)
     if is_async:
@@ -236,16 +256,28 @@ def _state(instance: Any, step: Any, is_async: bool) -> _State:
 
 def _next(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     state = _state(instance, wrapped.__func__, False)
-    if state.driver is None:
-        return wrapped(*args, **kwargs)
-    return state.driver.next()
+    if state.driver is not None:
+        return state.driver.next()
+    chunk = wrapped(*args, **kwargs)
+    while state.hide and usage_only(chunk):
+        chunk = wrapped(*args, **kwargs)
+    return chunk
 
 
 def _anext(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     state = _state(instance, wrapped.__func__, True)
-    if state.driver is None:
-        return wrapped(*args, **kwargs)
-    return state.driver.next()
+    if state.driver is not None:
+        return state.driver.next()
+    if state.hide:
+        return _anext_hiding(wrapped, args, kwargs)
+    return wrapped(*args, **kwargs)
+
+
+async def _anext_hiding(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    chunk = await wrapped(*args, **kwargs)
+    while usage_only(chunk):
+        chunk = await wrapped(*args, **kwargs)
+    return chunk
 
 
 def _close(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
