@@ -38,6 +38,14 @@ def route(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _warm(shared_upstream: Upstream) -> None:
+    """One plain call per route first: LiteLLM's first call imports for seconds, longer than
+    the tier's short stall timeout, between building the stream and reading it."""
+    for name in ROUTES:
+        list(litellm.completion(**_kwargs(shared_upstream, name, 1)))
+
+
 def _kwargs(up: Upstream, route: str, tokens: int) -> dict[str, Any]:
     model, base, _provider = ROUTES[route]
     return {

@@ -23,6 +23,7 @@ class LazyPatcher(Patcher):
     """``module`` is the top-level module whose import applies the patch."""
 
     module = "framework"
+    _applied = False
     # The patcher of each kind that instrument() installed last; a hook registered once per
     # module and kind applies it (hooks cannot be unregistered).
     _current: ClassVar[dict[str, LazyPatcher]] = {}
@@ -40,8 +41,9 @@ class LazyPatcher(Patcher):
         return True
 
     def apply(self) -> None:
-        if self._saved:
+        if self._applied:
             return
+        self._applied = True
         try:
             Patcher.patch(self)
         except Exception as exc:  # the application's import must not fail (G7)
@@ -50,6 +52,7 @@ class LazyPatcher(Patcher):
     def unpatch(self) -> None:
         if LazyPatcher._current.get(self.name) is self:
             del LazyPatcher._current[self.name]
+        self._applied = False
         super().unpatch()
 
 
