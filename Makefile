@@ -95,6 +95,8 @@ lock: $(PY)
 		$(foreach extra,$(COMPAT_EXTRAS_$(env)),--extra $(extra)) &&) true
 	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/coexist.txt pyproject.toml requirements/tools.in \
 		--extra test --extra coexist
+	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/frameworks.txt pyproject.toml requirements/tools.in \
+		--extra frameworks
 
 # The suite on the newest release of every dependency (SDKs, OTel, frameworks), outside the
 # lock, so drift is seen the day it happens. A fresh venv each run.
@@ -196,3 +198,22 @@ $(COEXIST_STAMP): requirements/coexist.txt pyproject.toml | $(PY)
 
 coexist: $(COEXIST_STAMP) system-deps
 	$(COEXIST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/coexist
+
+# The frameworks tier (tests/frameworks): LiteLLM, the OpenAI Agents SDK, LangChain, LlamaIndex
+# and pydantic-ai from PyPI open the streams, against the project's upstream on loopback. Its
+# own venv (locked: requirements/frameworks.txt), so `make test` never depends on the
+# frameworks' (large) dependency trees. ~60 s.
+FRAMEWORKS_VENV  ?= .venv-frameworks
+FRAMEWORKS_STAMP := $(FRAMEWORKS_VENV)/.installed
+
+.PHONY: frameworks
+
+$(FRAMEWORKS_STAMP): requirements/frameworks.txt pyproject.toml | $(PY)
+	rm -rf $(FRAMEWORKS_VENV)
+	$(UV) venv -q -p $(PYTHON) $(FRAMEWORKS_VENV)
+	echo '*' > $(FRAMEWORKS_VENV)/.gitignore
+	$(call uv_sync,$(FRAMEWORKS_VENV),requirements/frameworks.txt)
+	touch $@
+
+frameworks: $(FRAMEWORKS_STAMP)
+	$(FRAMEWORKS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/frameworks

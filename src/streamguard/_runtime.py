@@ -128,7 +128,7 @@ class Runtime:
             report_fault("begin", exc)
 
     def _begin(self, core: StreamCore, request: Mapping[str, Any] | None) -> None:
-        owners.adopt(core)
+        owners.adopt(core)  # the request's, a framework run's (integrations register them)
         limits = current_limits()
         scope = current_scope()
         if scope:
