@@ -5,7 +5,8 @@ streamed run) hides the application's consumption from the stream's guard: the b
 task keeps reading whatever the application does. The integration sets a ``RunStreams`` in
 a contextvar while the framework creates that task (which copies the context), so every
 stream the run opens is added here (an owner scope: ``streamguard._engine.owners``), and
-the integration stops them all when the application stops consuming. The scope holds cores, never application objects.
+the integration stops them all when the application stops consuming. The scope holds cores,
+never application objects.
 """
 
 from __future__ import annotations
