@@ -77,9 +77,10 @@ def instrument(
         ).start()
         if previous is not None:
             previous.shutdown()
+        from streamguard.integrations import framework_patchers
         from streamguard.providers import all_patchers
 
-        for patcher in all_patchers():
+        for patcher in all_patchers() + framework_patchers():
             try:
                 if patcher.patch():
                     _patched.append(patcher)

@@ -4,3 +4,18 @@ Floor: ``integrations``, the top of the library below the public face; it may im
 everything under it (``providers``, ``_runtime``, the engine) and nothing imports it but the
 application (and ``streamguard`` itself).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["framework_patchers"]
+
+
+def framework_patchers() -> list[Any]:
+    """The frameworks' patchers (LiteLLM, the Agents SDK): each applies when the application
+    imports its framework, after the SDK patchers (``streamguard.providers.all_patchers``)."""
+    from streamguard.integrations.agents import AgentsPatcher
+    from streamguard.integrations.litellm import LiteLLMPatcher
+
+    return [LiteLLMPatcher(), AgentsPatcher()]

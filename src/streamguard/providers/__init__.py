@@ -14,21 +14,10 @@ __all__ = ["all_patchers"]
 
 def all_patchers() -> list[Any]:
     """A patcher per supported SDK; each skips itself when its SDK is not installed."""
-    from streamguard.integrations.agents import AgentsPatcher
-    from streamguard.integrations.litellm import LiteLLMPatcher
     from streamguard.providers.anthropic import AnthropicPatcher
     from streamguard.providers.gemini import GeminiPatcher
     from streamguard.providers.mistral import MistralPatcher
     from streamguard.providers.ollama import OllamaPatcher
     from streamguard.providers.openai import OpenAIPatcher
 
-    patchers: list[Any] = [
-        OpenAIPatcher(),
-        AnthropicPatcher(),
-        OllamaPatcher(),
-        GeminiPatcher(),
-        MistralPatcher(),
-    ]
-    # The frameworks last: their patches apply when the application imports them.
-    patchers += [LiteLLMPatcher(), AgentsPatcher()]
-    return patchers
+    return [OpenAIPatcher(), AnthropicPatcher(), OllamaPatcher(), GeminiPatcher(), MistralPatcher()]
