@@ -505,7 +505,7 @@ def _finalize(stream: Any) -> None:
         log.debug("StreamGuard: closing a dropped stream failed: %r", exc)
     finally:
         # A sync close has run by now; an async one releases the stream when it is done.
-        if hold is not None and (core._loop is None or core.phase >= _CLOSED):
+        if hold is not None and (core._home is None or core.phase >= _CLOSED):
             hold.strong = None
 
 
