@@ -150,10 +150,10 @@ COMPAT_TESTS := tests/providers tests/test_instrument.py tests/test_provider_tel
 # the main venv.
 ANTHROPIC_COMPAT := 0.40.0 0.125.0 1.0.0 1.17.0
 COMPAT_ENVS := httpx-0.28 httpx-0.27 $(addprefix anthropic-,$(ANTHROPIC_COMPAT))
-$(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_EXTRAS_anthropic-$(v) := anthropic testing))
+$(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_EXTRAS_anthropic-$(v) := anthropic testing otlp))
 $(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_RUN_anthropic-$(v) := -p no:cacheprovider tests/providers -k anthropic))
 COMPAT_EXTRAS_httpx-0.28 := test
-COMPAT_EXTRAS_httpx-0.27 := openai anthropic ollama testing
+COMPAT_EXTRAS_httpx-0.27 := openai anthropic ollama testing otlp
 COMPAT_RUN_httpx-0.28 := $(COMPAT_TESTS) tests/test_gemini_mistral.py -k 'not openai and not ollama'
 COMPAT_RUN_httpx-0.27 := $(COMPAT_TESTS) -k 'not anthropic and not gemini and not mistral'
 
