@@ -7,7 +7,6 @@ raw and streaming responses, the Responses API; anthropic's ``MessageStream``; o
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ import streamguard
 from streamguard import Receipt, handle_of
 from streamguard.testing import RequestRecord, expected_text
 
+from . import _loops as loops
 from ._adapters import MESSAGES, MODEL
 from ._harness import CUT, LONG, Case, check_invariants, check_upstream_stopped, summary
 
@@ -697,7 +697,7 @@ async def test_anthropic_own_span_ends_as_it_does_without_streamguard(
             if how == "close":
                 await stream.close()
             del stream
-        await asyncio.sleep(0.05)  # a close spawned by the finaliser runs on this loop
+        await loops.sleep(0.05)  # a close spawned by the finaliser runs on this loop
         return spans()
 
     def spans() -> list[tuple[str, Any, bool, list[str]]]:
@@ -740,7 +740,7 @@ async def test_anthropic_own_span_ends_when_the_stall_timer_stops_the_stream(
         stream = await client.messages.create(**kwargs)
         await c.atake(stream)
         await c.areceipt()
-        await asyncio.sleep(0.05)
+        await loops.sleep(0.05)
         assert stream is not None
 
     await anthropic_case.run(sync, async_)
