@@ -215,5 +215,8 @@ $(FRAMEWORKS_STAMP): requirements/frameworks.txt pyproject.toml | $(PY)
 	$(call uv_sync,$(FRAMEWORKS_VENV),requirements/frameworks.txt)
 	touch $@
 
+# -p no:unraisableexception: the frameworks' process-wide cached clients leave their sockets
+# to the interpreter's exit, where pytest would report them after every test passed.
 frameworks: $(FRAMEWORKS_STAMP)
-	$(FRAMEWORKS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/frameworks
+	$(FRAMEWORKS_VENV)/bin/python -m pytest -q -p no:cacheprovider -p no:unraisableexception \
+		tests/frameworks
