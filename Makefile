@@ -166,8 +166,12 @@ $(COMPAT_VENV)/%/.installed: requirements/compat/%.txt pyproject.toml | $(PY)
 	$(call uv_sync,$(COMPAT_VENV)/$*,$<)
 	touch $@
 
-compat-%: $(COMPAT_VENV)/%/.installed
-	$(COMPAT_VENV)/$*/bin/python -m pytest -q $(COMPAT_RUN_$*)
+# One explicit rule per env (make applies no pattern rule to a phony target).
+define compat_rule
+compat-$(1): $(COMPAT_VENV)/$(1)/.installed
+	$(COMPAT_VENV)/$(1)/bin/python -m pytest -q $$(COMPAT_RUN_$(1))
+endef
+$(foreach env,$(COMPAT_ENVS),$(eval $(call compat_rule,$(env))))
 
 compat: $(addprefix compat-,$(COMPAT_ENVS))
 
