@@ -12,11 +12,9 @@ never application objects.
 from __future__ import annotations
 
 import contextvars
-import threading
 from typing import TYPE_CHECKING
 
 from streamguard._engine import owners
-from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
     from streamguard._engine.core import StreamCore
@@ -28,34 +26,16 @@ _current: contextvars.ContextVar[RunStreams | None] = contextvars.ContextVar(
 )
 
 
-class RunStreams:
+class RunStreams(owners.Scope):
     """The streams of one background run; ``stop`` ends those open and any opened later."""
 
-    __slots__ = ("_cores", "_lock", "detail", "reason")
-
-    def __init__(self) -> None:
-        self._cores: list[StreamCore] = []
-        self._lock = threading.Lock()
-        self.reason: StopReason | None = None
-        self.detail = ""
+    __slots__ = ()
 
     def add(self, core: StreamCore) -> None:
+        # A run may open many streams one after another: forget those already stopped.
         with self._lock:
             self._cores = [c for c in self._cores if c.stop_reason is None]
-            self._cores.append(core)
-            reason = self.reason
-        if reason is not None:  # opened after the consumer left: stop it at once
-            core.request_stop(reason, self.detail)
-
-    def stop(self, reason: StopReason, detail: str) -> None:
-        """Stop every stream of the run (first call wins; later calls change nothing)."""
-        with self._lock:
-            if self.reason is not None:
-                return
-            self.reason, self.detail = reason, detail
-            cores, self._cores = self._cores, []
-        for core in cores:
-            core.request_stop(reason, detail)
+        super().add(core)
 
     def set(self) -> contextvars.Token[RunStreams | None]:
         return _current.set(self)

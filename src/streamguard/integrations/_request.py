@@ -9,7 +9,6 @@ cores, never the application's stream objects.
 from __future__ import annotations
 
 import contextvars
-import threading
 from typing import TYPE_CHECKING
 
 from streamguard._engine import owners
@@ -25,24 +24,18 @@ _current: contextvars.ContextVar[RequestStreams | None] = contextvars.ContextVar
 )
 
 
-class RequestStreams:
+class RequestStreams(owners.Scope):
     """The streams opened while serving one request."""
 
-    __slots__ = ("_cores", "_lock", "gone")
-
-    def __init__(self) -> None:
-        self._cores: list[StreamCore] = []
-        self._lock = threading.Lock()
-        self.gone = False
+    __slots__ = ()
 
     def add(self, core: StreamCore) -> None:
         # Units count as consumed when their bytes are sent, not when the app asks for more.
         core.consume_on_next = False
-        with self._lock:
-            self._cores.append(core)
-            gone = self.gone
-        if gone:  # opened after the client left: stop it at once
-            core.request_stop(StopReason.CLIENT_DISCONNECT, "the client had already gone")
+        super().add(core)
+
+    def late_detail(self) -> str:
+        return "the client had already gone"
 
     def sent(self) -> None:
         """Bytes went out: every unit handed over so far reached the client."""
@@ -53,11 +46,7 @@ class RequestStreams:
                 core.consume(len(core._pending))
 
     def client_gone(self, detail: str) -> None:
-        with self._lock:
-            self.gone = True
-            cores, self._cores = self._cores, []
-        for core in cores:
-            core.request_stop(StopReason.CLIENT_DISCONNECT, detail)
+        self.stop(StopReason.CLIENT_DISCONNECT, detail)
 
     def finished(self) -> None:
         """The response is complete: nothing more will be sent for these streams."""
