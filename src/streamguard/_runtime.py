@@ -207,11 +207,12 @@ class Runtime:
         canonical = b""
         self._settle(core)
         # Sinks that keep chain order (the JSON-lines ledger) are written inside the chain's
-        # critical section, so a file's line order is its chain order under any thread count.
-        ordered: list[Any] = []
-        others: list[Any] = []
+        # critical section, so a file's line order is its chain order under any thread count;
+        # the others after the seal. (``sinks`` may change while the runtime lives.)
+        in_order: list[Any] = []
+        after: list[Any] = []
         for sink in self.sinks:
-            (ordered if getattr(sink, "in_chain_order", False) else others).append(sink)
+            (in_order if getattr(sink, "in_chain_order", False) else after).append(sink)
         try:
             receipt, canonical = self.ledger.seal_bytes(
                 receipt_fields(
@@ -221,16 +222,12 @@ class Runtime:
                     billing=self.billing,
                     span_ids=self.telemetry.span_ids(core),
                 ),
-                _emitter(ordered) if ordered else None,
+                _emitter(in_order) if in_order else None,
             )
         except Exception as exc:
             report_fault("receipt.seal", exc)
         if receipt is not None:
-            for sink in others:
-                try:
-                    sink.emit(receipt)
-                except Exception as exc:
-                    report_fault(f"sink.{type(sink).__name__}", exc)
+            _emitter(after)(receipt, canonical)
         try:
             self.telemetry.stream_finished(core, receipt, canonical)
         except Exception as exc:
@@ -238,6 +235,25 @@ class Runtime:
         with self._lock:
             self._streams.pop(core.stream_id, None)
         core.mark_final(receipt)
+
+    def discard(self, core: StreamCore, why: str) -> None:
+        """Forget a core whose request produced no stream StreamGuard can guard: no receipt (it
+        would claim what StreamGuard did not see), one warning per kind, budgets settled at 0."""
+        self.warn_once(
+            f"discard:{why}",
+            f"StreamGuard could not guard a {core.provider} stream: {why}. It is NOT guarded and "
+            "gets no receipt.",
+        )
+        try:
+            with self._lock:
+                self._streams.pop(core.stream_id, None)
+            core.stop_reason = StopReason.COMPLETED  # nothing may stop or seal it any more
+            self.unwatch(core)
+            if core.spend is not None:
+                core.spend.settle(None, 0)
+            self.telemetry.stream_discarded(core, why)
+        except Exception as exc:
+            report_fault("discard", exc)
 
     def _settle(self, core: StreamCore) -> None:
         """Budgets get the actual cost; end-only policies get their turn on a completed stream."""

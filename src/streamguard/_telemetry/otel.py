@@ -124,6 +124,13 @@ class Telemetry:
             self._setup()
         self.store_errors.add(1, {n.BUDGET: budget, n.RESULT: "open" if fail_open else "closed"})
 
+    def stream_discarded(self, core: StreamFacts, why: str) -> None:
+        """A stream StreamGuard could not guard: its span ends marked so, and no receipt."""
+        if core.span is not None:
+            core.span.set_attribute("streamguard.unguarded", why)
+            core.span.end()
+            self.active.add(-1, {n.PROVIDER: core.provider})
+
     def span_ids(self, core: StreamFacts) -> tuple[str | None, str | None]:
         ctx = core.span.get_span_context() if core.span is not None else None
         if ctx is None or not ctx.is_valid:

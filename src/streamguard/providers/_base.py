@@ -22,7 +22,7 @@ from streamguard._engine.drivers import Meter
 from streamguard._engine.handle import StreamHandle
 from streamguard._engine.holdback import async_driver, sync_driver
 from streamguard._engine.reasons import StopReason
-from streamguard._runtime import Runtime, get_runtime, report_fault
+from streamguard._runtime import Runtime, get_runtime
 
 __all__ = [
     "AsyncStreamGuard",
@@ -257,27 +257,8 @@ def handle_of(stream: object) -> StreamHandle | None:
 
 
 def discard_core(core: StreamCore, why: str) -> None:
-    """Forget a core whose request produced no stream StreamGuard can guard: no receipt (it
-    would claim what StreamGuard did not see), one warning per kind, budgets settled at zero."""
-    runtime = cast(Runtime, core.runtime)  # providers stand on the runtime: its host is one
-    runtime.warn_once(
-        f"discard:{why}",
-        f"StreamGuard could not guard a {core.provider} stream: {why}. It is NOT guarded and "
-        "gets no receipt.",
-    )
-    try:
-        with runtime._lock:
-            runtime._streams.pop(core.stream_id, None)
-        core.stop_reason = StopReason.COMPLETED  # nothing may stop or seal it any more
-        core.runtime.unwatch(core)
-        if core.spend is not None:
-            core.spend.settle(None, 0)
-        if core.span is not None:
-            core.span.set_attribute("streamguard.unguarded", why)
-            core.span.end()
-            runtime.telemetry.active.add(-1, {"gen_ai.provider.name": core.provider})
-    except Exception as exc:
-        report_fault("discard", exc)
+    """The request produced no stream StreamGuard can guard: see ``Runtime.discard``."""
+    cast(Runtime, core.runtime).discard(core, why)  # providers stand on the runtime: its host
 
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
