@@ -27,6 +27,7 @@ from streamguard.integrations._lazy import LazyPatcher
 from streamguard.integrations.litellm._meter import LiteLLMMeter, usage_from_chunks, usage_only
 from streamguard.providers._base import (
     ObjectProxy,
+    core_of,
     guarded_call,
     in_guarded_call,
     new_core,
@@ -177,16 +178,6 @@ def _harvest(state: _State, wrapper: Any) -> None:
         usage_from_chunks(state.core, getattr(wrapper, "chunks", ()) or ())
 
 
-def _inner_core(stream: Any) -> StreamCore | None:
-    """The core of a vendor-SDK guard on ``stream``: a proxy (``_self_core``) or an in-place
-    guard (its driver in ``_streamguard``)."""
-    core = getattr(stream, "_self_core", None)
-    if isinstance(core, StreamCore):
-        return core
-    core = getattr(getattr(stream, "_streamguard", None), "core", None)
-    return core if isinstance(core, StreamCore) else None
-
-
 def _injected(wrapper: Any) -> bool:
     logging_obj = getattr(wrapper, "logging_obj", None)
     return getattr(logging_obj, "stream_usage_injected", False) is True
@@ -208,7 +199,7 @@ def _start(wrapper: Any, step: Any, is_async: bool) -> _State:
     if in_guarded_call():
         return _PASS  # an outer guard owns it (a LiteLLM wrapper around another)
     stream = wrapper.completion_stream
-    inner = _inner_core(stream) if stream is not None else None
+    inner = core_of(stream) if stream is not None else None
     if inner is not None:
         return _State(inner, hide=_injected(wrapper))
     hidden = getattr(wrapper, "_hidden_params", None) or {}
