@@ -12,7 +12,6 @@ tokens; a cut Mistral chat stream does not (usage comes with the last chunk only
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import gc
 import itertools
@@ -296,8 +295,7 @@ def instrument_with(sink: InMemoryReceiptSink) -> Iterator[Callable[..., None]]:
     yield instrument
     if used:
         streamguard.uninstrument()
-        per_stream = collections.Counter(r.stream_id for r in sink.receipts)
-        twice = {stream: n for stream, n in per_stream.items() if n != 1}
+        twice = sink.streams_with_more_than_one()
         assert not twice, f"streams with more than one receipt: {twice}"
 
 

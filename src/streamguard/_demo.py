@@ -98,14 +98,14 @@ def _guarded_now() -> bool:
     return streamguard.is_instrumented()
 
 
-_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "ollama": "ollama"}
+_PROVIDERS = ("openai", "anthropic", "ollama")  # each SDK's name is its module's
 
 
 def _installed_providers() -> list[str]:
     """The demo's SDKs that are installed; at least one, or a one-line hint."""
     import importlib.util
 
-    found = [name for name, module in _PROVIDERS.items() if importlib.util.find_spec(module)]
+    found = [name for name in _PROVIDERS if importlib.util.find_spec(name)]
     if not found:
         raise MissingExtraError("streamguard demo (openai, anthropic or ollama)", "demo")
     return found

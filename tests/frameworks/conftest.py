@@ -7,7 +7,6 @@ checks afterwards that no stream got more than one receipt.
 
 from __future__ import annotations
 
-import collections
 import inspect
 import os
 from collections.abc import Iterator
@@ -55,8 +54,7 @@ def guarded(sink: InMemoryReceiptSink) -> Iterator[InMemoryReceiptSink]:
         yield sink
     finally:
         streamguard.uninstrument()
-    per_stream = collections.Counter(r.stream_id for r in sink.receipts)
-    twice = {stream: n for stream, n in per_stream.items() if n != 1}
+    twice = sink.streams_with_more_than_one()
     assert not twice, f"streams with more than one receipt: {twice}"
 
 

@@ -13,7 +13,6 @@ hook below hands the test coroutine to ``_loops.run``. A sync case runs on async
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -148,8 +147,7 @@ def instrument_with(sink: InMemoryReceiptSink) -> Iterator[Callable[..., None]]:
     yield instrument
     if used:
         streamguard.uninstrument()
-        per_stream = collections.Counter(r.stream_id for r in sink.receipts)
-        twice = {stream: n for stream, n in per_stream.items() if n != 1}
+        twice = sink.streams_with_more_than_one()
         assert not twice, f"streams with more than one receipt: {twice}"
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 import uuid
@@ -47,6 +48,13 @@ class InMemoryReceiptSink:
         """Every receipt of ``stream_id``; exactly one is what DESIGN G4 promises."""
         with self._changed:
             return [r for r in self._receipts if r.stream_id == stream_id]
+
+    def streams_with_more_than_one(self) -> dict[str, int]:
+        """Stream id -> receipt count, for every stream that got more than one receipt
+        (DESIGN G4 promises exactly one: the dict is empty)."""
+        with self._changed:
+            counts = collections.Counter(r.stream_id for r in self._receipts)
+        return {stream: n for stream, n in counts.items() if n > 1}
 
     def wait_for(self, n: int, timeout: float = 5.0) -> list[Receipt]:
         """Block until at least ``n`` receipts arrived and return them (a snapshot).
