@@ -68,12 +68,20 @@ class Request:
 _pending: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "streamguard_pending_request", default=None
 )
-# Raw responses (with_raw_response / with_streaming_response): the HTTP response, until
-# ``parse()`` builds the stream from it, and for good (``close()`` of the raw response).
-# The Request of each HTTP response: a raw response's until ``parse()`` builds its stream,
-# and a stream's, so that a second stream built on the same response (anthropic 0.x's
-# MessageStream does that) takes the guard over instead of getting a second one.
-_by_response: weakref.WeakKeyDictionary[Any, Request] = weakref.WeakKeyDictionary()
+# The Request of each HTTP response: a raw response's (with_raw_response /
+# with_streaming_response) until ``parse()`` builds its stream, and a stream's, so that a
+# second stream built on the same response (anthropic 0.x's MessageStream does that) takes the
+# guard over instead of getting a second one. Both key and value are weak: the value reaches
+# back to the key (the core's stop exception's traceback holds the stream's frames, and the
+# stream its response), so a strong value would keep every stopped stream alive for good. The
+# Request lives as long as what needs it: its stream (``_Hold.request``) or, before ``parse()``,
+# the raw response (its finaliser).
+_by_response: weakref.WeakKeyDictionary[Any, weakref.ref[Request]] = weakref.WeakKeyDictionary()
+
+
+def _request_of(response: Any) -> Request | None:
+    ref = _by_response.get(response) if response is not None else None
+    return ref() if ref is not None else None
 
 
 class StainlessSdk:
@@ -205,7 +213,7 @@ def _returned(request: Request, result: Any, *, is_async: bool) -> None:
     if http is None:
         discard_core(core, f"the request returned {type(result).__name__}, not a stream")
         return
-    _by_response[http] = request
+    _by_response[http] = weakref.ref(request)
     if is_async:
         core.bind_upstream(aclose=http.aclose, abort=socket_abort(http, core))
     else:
@@ -227,8 +235,7 @@ def _claim(stream: Any, sdk: StainlessSdk) -> Request:
     request = _pending.get()
     if request is not None and not request.done and not request.claimed:
         return request
-    response = getattr(stream, "response", None)
-    request = _by_response.get(response) if response is not None else None
+    request = _request_of(getattr(stream, "response", None))
     if request is None:
         return sdk.adopt(stream)
     old = request.stream() if request.stream is not None else None
@@ -245,11 +252,12 @@ class _Hold:
     """How the closer reaches the stream: weakly, and strongly only while its finaliser runs
     (so the SDK's own close still runs for a stream being collected)."""
 
-    __slots__ = ("ref", "strong")
+    __slots__ = ("ref", "request", "strong")
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, request: Request) -> None:
         self.ref = weakref.ref(stream)
         self.strong: Any = None
+        self.request = request  # the stream keeps its Request (``_by_response`` holds it weakly)
 
     def get(self) -> Any:
         return self.strong if self.strong is not None else self.ref()
@@ -349,8 +357,8 @@ def _guard(stream: Any, request: Request, originals: dict[str, Any], is_async: b
     request.claimed = True
     request.stream = weakref.ref(stream)
     response = stream.response
-    _by_response[response] = request
-    hold = _Hold(stream)
+    _by_response[response] = weakref.ref(request)
+    hold = _Hold(stream, request)
     observed = hasattr(type(stream), "_observer")  # anthropic: the SDK's __next__ feeds its span
     if is_async:
         source: Any = None if observed else _own_iterator(stream)
@@ -577,7 +585,7 @@ def raw_response_close(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Closing a raw response (``with_streaming_response``'s exit) ends its stream."""
-    request = _by_response.get(getattr(instance, "http_response", None))
+    request = _request_of(getattr(instance, "http_response", None))
     core = request.core if request is not None else None
     if core is not None and core.stop_reason is None:
         core.request_stop(StopReason.CONSUMER_CLOSED, "the raw response was closed")
