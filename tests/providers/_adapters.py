@@ -27,6 +27,7 @@ class Adapter:
     #: The receipt's provider and operation (an entry point's adapter is named after both).
     provider: ClassVar[str] = ""  # "": the adapter's name
     operation: ClassVar[str] = "chat"
+    receipt_model: ClassVar[str | None] = MODEL  # None: the request names no model
     #: Whether the request carries the token limit ``open`` is given (else the upstream is
     #: told the answer's length with ``x-upstream-tokens`` and the receipt has no limit).
     sends_max_tokens: ClassVar[bool] = True
@@ -313,6 +314,30 @@ class OpenAIRunsAdapter(_OpenAIEntryPoint):
         return "".join(block.text.value for block in chunk.data.delta.content or ())
 
 
+# --------------------------------------- anthropic managed-agent session events (h15e)
+
+
+class AnthropicSessionEventsAdapter(AnthropicAdapter):
+    """``beta.sessions.events.stream(event_deltas=["agent.message"])``: a GET that names no
+    model and no limit; the session goes on without the connection (a cut prevents nothing)."""
+
+    name = "anthropic.sessions"
+    provider = "anthropic"
+    operation = "invoke_agent"
+    receipt_model = None
+    sends_max_tokens = False
+    prevents = False
+    input_known_when_cut = False  # the usage comes with span.model_request_end
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.sessions.events.stream(
+            "sesn_conformance", event_deltas=["agent.message"], extra_headers=_length(max_tokens)
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.delta.content.text if chunk.type == "event_delta" else None
+
+
 ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
@@ -325,5 +350,6 @@ ADAPTERS: dict[str, Adapter] = {
         OpenAITranscriptionsAdapter(),
         OpenAIImagesAdapter(),
         OpenAIRunsAdapter(),
+        AnthropicSessionEventsAdapter(),
     )
 }

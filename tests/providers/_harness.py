@@ -16,7 +16,7 @@ from streamguard import Receipt, handle_of
 from streamguard.testing import InMemoryReceiptSink, RequestRecord, Upstream
 
 from . import _loops
-from ._adapters import MODEL, Adapter
+from ._adapters import Adapter
 
 __all__ = [
     "CUT",
@@ -174,7 +174,7 @@ class Case:
             prevented = 0  # a server-side run goes on without the connection
         return {
             "provider": adapter.receipt_provider,
-            "model": MODEL,
+            "model": adapter.receipt_model,
             "operation": operation or adapter.operation,
             "request_max_tokens": limit,
             "outcome": outcome,

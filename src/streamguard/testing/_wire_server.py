@@ -10,13 +10,14 @@ import re
 import socket
 import struct
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from streamguard.testing._wire_anthropic import MessagesWire
+from streamguard.testing._wire_anthropic import MessagesWire, SessionEventsWire
 from streamguard.testing._wire_common import Finish, Turn, Wire, dumps, token_text
 from streamguard.testing._wire_gemini import GenerateContentWire
 from streamguard.testing._wire_mistral import MistralChatWire
@@ -65,6 +66,8 @@ class _Usage:
 
 # Assistants runs: create_and_run, create, submit_tool_outputs.
 _RUN_PATH = re.compile(r"/v1/threads(/[^/]+)?/runs(/[^/]+/submit_tool_outputs)?")
+# GET routes: anthropic managed-agent session events (sessions, session threads).
+_SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/stream")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -295,6 +298,7 @@ class App:
             "/v1/images/edits": ImageEditWire(),
         }
         self.runs = RunWire()
+        self.session_events = SessionEventsWire()
 
     def transport_for(self, scope: Scope) -> asyncio.Transport | None:
         client = scope.get("client")
@@ -314,6 +318,10 @@ class App:
                 exchange.abort()
 
     def route(self, method: str, path: str) -> tuple[Wire, str | None, bool | None] | None:
+        if method == "GET":
+            if _SESSION_EVENTS_PATH.fullmatch(path):
+                return self.session_events, None, True
+            return None
         if method != "POST":
             return None
         if path in self.routes:
@@ -344,6 +352,10 @@ class App:
             content_type = headers.get("content-type", "")
             if content_type.startswith("multipart/form-data"):
                 payload: Any = form_fields(body, content_type)
+            elif scope["method"] == "GET":  # a GET's parameters are its query
+                query = urllib.parse.parse_qs(scope.get("query_string", b"").decode())
+                # ``key[]=a&key[]=b`` (the Stainless SDKs' arrays) -> {"key": ["a", "b"]}
+                payload = {k.removesuffix("[]"): v for k, v in query.items()}
             else:
                 payload = json.loads(body) if body else {}
             if not isinstance(payload, dict):
