@@ -40,7 +40,8 @@ def instrument(
     never later inside a stream. Besides those: ``sinks`` (extra receipt sinks), ``signer``,
     ``budgets`` (``Budget``), ``policies`` (``StreamPolicy``), ``prices`` (model -> ``Price``
     overrides), ``price_function(provider, model) -> Price | None``, ``budget_store`` and
-    ``billing`` (provider -> "stops_on_abort" | "whole_completion", for the prevented estimate).
+    ``billing`` (provider, or "provider/operation", -> "stops_on_abort" | "whole_completion" |
+    "runs_on_server", for the prevented estimate).
     A second call is a no-op with a warning. Example::
 
         import streamguard

@@ -8,6 +8,7 @@ Adding gemini or mistral means adding one class here and its name to ``ADAPTERS`
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any, ClassVar
 
 from streamguard.testing import Upstream
@@ -23,6 +24,16 @@ class Adapter:
     the async clients, as the SDKs do), with the request sent or about to be sent."""
 
     name: ClassVar[str]
+    #: The receipt's provider and operation (an entry point's adapter is named after both).
+    provider: ClassVar[str] = ""  # "": the adapter's name
+    operation: ClassVar[str] = "chat"
+    receipt_model: ClassVar[str | None] = MODEL  # None: the request names no model
+    #: Whether the request carries the token limit ``open`` is given (else the upstream is
+    #: told the answer's length with ``x-upstream-tokens`` and the receipt has no limit).
+    sends_max_tokens: ClassVar[bool] = True
+    #: Whether cutting the stream stops the generation (False for a server-side run or session
+    #: that goes on without the connection: the receipt then prevents nothing).
+    prevents: ClassVar[bool] = True
     #: Importable module of the SDK; the provider is skipped when it is missing.
     module: ClassVar[str]
     #: Whether the SDK's stream objects are context managers, sync and async.
@@ -34,6 +45,10 @@ class Adapter:
     #: Why the SDK's async client runs on asyncio only (None: it runs on trio too). Checked
     #: without StreamGuard by test_loops.py, so that a release that adds trio is noticed.
     asyncio_only: ClassVar[str | None] = None
+
+    @property
+    def receipt_provider(self) -> str:
+        return self.provider or self.name
 
     def sdk(self) -> Any:
         return importlib.import_module(self.module)
@@ -219,6 +234,110 @@ class MistralAdapter(Adapter):
         client.sdk.__exit__(None, None, None)
 
 
+# ------------------------------------------------ openai entry points other than chat (h15e)
+# Each is the openai SDK's Stream/AsyncStream of its own event type, guarded in place by the
+# same choke point as chat; the upstream serves its wire format (testing/_wire_openai_events).
+
+
+def _length(max_tokens: int) -> dict[str, str]:
+    """The answer's length, for requests that carry no token limit."""
+    return {"x-upstream-tokens": str(max_tokens)}
+
+
+class _OpenAIEntryPoint(OpenAIAdapter):
+    provider = "openai"
+
+
+class OpenAITranscriptionsAdapter(_OpenAIEntryPoint):
+    name = "openai.transcriptions"
+    operation = "transcription"
+    sends_max_tokens = False
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.audio.transcriptions.create(
+            model=MODEL,
+            file=("speech.wav", b"RIFF\x00\x00\x00\x00WAVE", "audio/wav"),
+            prompt="count slowly",
+            stream=True,
+            extra_headers=_length(max_tokens),
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.delta if chunk.type == "transcript.text.delta" else None
+
+
+class OpenAIImagesAdapter(_OpenAIEntryPoint):
+    """Each upstream token is one partial image whose bytes are the token's text."""
+
+    name = "openai.images"
+    operation = "image_generation"
+    sends_max_tokens = False
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.images.generate(
+            model=MODEL,
+            prompt="count slowly",
+            stream=True,
+            partial_images=3,
+            extra_headers=_length(max_tokens),
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        from streamguard.testing import image_text
+
+        return image_text(chunk.b64_json) if chunk.type.endswith(".partial_image") else None
+
+
+class OpenAIRunsAdapter(_OpenAIEntryPoint):
+    """``beta.threads.runs.create(stream=True)``: an Assistants run is a server-side object
+    that goes on when its stream's connection closes, so a cut prevents nothing."""
+
+    name = "openai.runs"
+    operation = "invoke_agent"
+    prevents = False
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        with warnings.catch_warnings():  # the SDK marks the Assistants API deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return client.beta.threads.runs.create(
+                "thread_conformance",
+                assistant_id="asst_conformance",
+                model=MODEL,
+                additional_messages=MESSAGES,
+                max_completion_tokens=max_tokens,
+                stream=True,
+            )
+
+    def text(self, chunk: Any) -> str | None:
+        if chunk.event != "thread.message.delta":
+            return None
+        return "".join(block.text.value for block in chunk.data.delta.content or ())
+
+
+# --------------------------------------- anthropic managed-agent session events (h15e)
+
+
+class AnthropicSessionEventsAdapter(AnthropicAdapter):
+    """``beta.sessions.events.stream(event_deltas=["agent.message"])``: a GET that names no
+    model and no limit; the session goes on without the connection (a cut prevents nothing)."""
+
+    name = "anthropic.sessions"
+    provider = "anthropic"
+    operation = "invoke_agent"
+    receipt_model = None
+    sends_max_tokens = False
+    prevents = False
+    input_known_when_cut = False  # the usage comes with span.model_request_end
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.sessions.events.stream(
+            "sesn_conformance", event_deltas=["agent.message"], extra_headers=_length(max_tokens)
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.delta.content.text if chunk.type == "event_delta" else None
+
+
 ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
@@ -227,5 +346,10 @@ ADAPTERS: dict[str, Adapter] = {
         OllamaAdapter(),
         GeminiAdapter(),
         MistralAdapter(),
+        # h15e: the entry points beyond chat (their own block above)
+        OpenAITranscriptionsAdapter(),
+        OpenAIImagesAdapter(),
+        OpenAIRunsAdapter(),
+        AnthropicSessionEventsAdapter(),
     )
 }

@@ -16,7 +16,7 @@ from streamguard import Receipt, handle_of
 from streamguard.testing import InMemoryReceiptSink, RequestRecord, Upstream
 
 from . import _loops
-from ._adapters import MODEL, Adapter
+from ._adapters import Adapter
 
 __all__ = [
     "CUT",
@@ -154,7 +154,7 @@ class Case:
         post_cutoff: int = 0,
         exact_usage: bool = False,
         input_tokens: int | None = None,
-        operation: str = "chat",
+        operation: str | None = None,
     ) -> dict[str, Any]:
         """A receipt summary (DESIGN sections 3 and 5).
 
@@ -162,16 +162,21 @@ class Case:
         them at the start (``Adapter.input_known_when_cut``). ``prevented_estimate`` is what
         the upstream would still have generated: ``min(max_tokens, expected_length) -
         produced``, with no completed stream yet to average (``EXPECTED_OUTPUT``); nothing
-        for a stream that completed or that the upstream itself ended.
+        for a stream that completed or that the upstream itself ended, nor where the
+        generation goes on without the connection (``Adapter.prevents``).
         """
-        if outcome != "completed" and not self.adapter.input_known_when_cut:
+        adapter = self.adapter
+        if outcome != "completed" and not adapter.input_known_when_cut:
             input_tokens = None
-        prevented = max(0, min(max_tokens, EXPECTED_OUTPUT) - produced)
+        limit = max_tokens if adapter.sends_max_tokens else None
+        prevented = max(0, min(limit or EXPECTED_OUTPUT, EXPECTED_OUTPUT) - produced)
+        if not adapter.prevents:
+            prevented = 0  # a server-side run goes on without the connection
         return {
-            "provider": self.adapter.name,
-            "model": MODEL,
-            "operation": operation,
-            "request_max_tokens": max_tokens,
+            "provider": adapter.receipt_provider,
+            "model": adapter.receipt_model,
+            "operation": operation or adapter.operation,
+            "request_max_tokens": limit,
             "outcome": outcome,
             "reason": reason,
             "category": category,

@@ -31,7 +31,7 @@ def check_completed(
     receipt: Receipt,
     *,
     max_tokens: int = N,
-    operation: str = "chat",
+    operation: str | None = None,  # None: the adapter's
 ) -> None:
     assert record.output_tokens == N
     assert summary(receipt) == c.expected(

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from streamguard._money.estimate import LengthModel
     from streamguard._money.pricing import Pricing
 
-__all__ = ["BILLING", "STOPS_ON_ABORT", "WHOLE_COMPLETION", "receipt_fields"]
+__all__ = [
+    "BILLING",
+    "RUNS_ON_SERVER",
+    "STOPS_ON_ABORT",
+    "WHOLE_COMPLETION",
+    "billing_rule",
+    "receipt_fields",
+]
 
 _UNPRICED = Costs(
     currency="USD",
@@ -34,6 +41,9 @@ _UNPRICED = Costs(
 )
 STOPS_ON_ABORT = "stops_on_abort"
 WHOLE_COMPLETION = "whole_completion"
+#: The generation belongs to a server-side object (an Assistants run, an agent session) that
+#: goes on when the stream's connection closes: closing the stream prevents nothing.
+RUNS_ON_SERVER = "runs_on_server"
 # How each provider bills a stream that is cut: every provider here stops generating, and
 # billing, when the connection closes (ollama is local and bills nothing). A gateway that
 # bills the whole completion is configured with instrument(billing={"name": "whole_completion"}).
@@ -43,7 +53,16 @@ BILLING = {
     "ollama": STOPS_ON_ABORT,
     "gcp.gemini": STOPS_ON_ABORT,
     "mistral_ai": STOPS_ON_ABORT,
+    # "provider/operation" keys win over the provider's own rule.
+    "openai/invoke_agent": RUNS_ON_SERVER,
+    "anthropic/invoke_agent": RUNS_ON_SERVER,
 }
+
+
+def billing_rule(billing: Mapping[str, str], core: StreamCore) -> str:
+    """How ``core``'s stream is billed when cut: its operation's rule, else its provider's."""
+    rule = billing.get(f"{core.provider}/{core.operation}")
+    return rule if rule is not None else billing.get(core.provider, STOPS_ON_ABORT)
 
 
 def receipt_fields(
@@ -70,8 +89,10 @@ def receipt_fields(
         prevented = 0
     elif outcome == "failed":
         prevented = 0  # the upstream failed: it would not have generated more
-    elif billing.get(core.provider, STOPS_ON_ABORT) == WHOLE_COMPLETION:
+    elif (rule := billing_rule(billing, core)) == WHOLE_COMPLETION:
         prevented = 0  # this provider bills the whole completion: nothing is prevented
+    elif rule == RUNS_ON_SERVER:
+        prevented = 0  # the run or session goes on without the connection
     else:
         expected = lengths.expected(core.model)
         if core.request_max_tokens is not None:
@@ -112,7 +133,7 @@ def receipt_fields(
         "span_id": span_id,
         "attributes": {
             **core.attributes,
-            "billing": billing.get(core.provider, STOPS_ON_ABORT),
+            "billing": billing_rule(billing, core),
         },
     }
 

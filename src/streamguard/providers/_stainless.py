@@ -388,6 +388,7 @@ def _sync_methods(cls: type, sdk: StainlessSdk, classes: _Classes) -> None:
     o: dict[str, Any] = {name: vars(cls)[name] for name in names}
     sdk_init, sdk_next, sdk_iter, sdk_close = o.values()
     sdk_del = vars(cls).get("__del__")
+    finalize = _finalize  # a closure: a stream collected at interpreter exit outlives globals
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         sdk_init(self, *args, **kwargs)
@@ -413,7 +414,7 @@ def _sync_methods(cls: type, sdk: StainlessSdk, classes: _Classes) -> None:
         driver.close()  # shuts the socket, then runs the SDK's close; a second call is a no-op
 
     def __del__(self: Any) -> None:
-        _finalize(self)
+        finalize(self)
         if sdk_del is not None:
             sdk_del(self)
         if classes.released:
@@ -429,6 +430,7 @@ def _async_methods(cls: type, sdk: StainlessSdk, classes: _Classes) -> None:
     o: dict[str, Any] = {name: vars(cls)[name] for name in names}
     sdk_init, sdk_anext, sdk_aiter, sdk_close = o.values()
     sdk_del = vars(cls).get("__del__")
+    finalize = _finalize  # a closure: a stream collected at interpreter exit outlives globals
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         sdk_init(self, *args, **kwargs)
@@ -453,7 +455,7 @@ def _async_methods(cls: type, sdk: StainlessSdk, classes: _Classes) -> None:
         await driver.aclose()  # always closes the upstream, even when cancelled
 
     def __del__(self: Any) -> None:
-        _finalize(self)
+        finalize(self)
         if sdk_del is not None:
             sdk_del(self)
         if classes.released:

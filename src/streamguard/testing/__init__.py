@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         RequestRecord,
         Upstream,
         expected_text,
+        image_text,
         token_text,
     )
 
@@ -28,6 +29,7 @@ __all__ = [
     "RequestRecord",
     "Upstream",
     "expected_text",
+    "image_text",
     "token_text",
 ]
 

@@ -117,3 +117,99 @@ class MessagesWire(Wire):
     def malformed(self) -> bytes:
         # The SDK drops events without a name, so the broken payload needs one to be parsed.
         return b'event: content_block_delta\ndata: {"malformed": \n\n'
+
+
+class SessionEventsWire(Wire):
+    """``GET /v1/sessions/{id}/events/stream`` (and ``.../threads/{id}/events/stream``): one
+    agent turn of a managed-agent session, as named events.
+
+    ``session.status_running``, ``span.model_request_start``, then per token an
+    ``event_delta`` (``content_delta`` of the turn's ``agent.message``) when the request asked
+    for ``event_deltas=agent.message``, else one ``agent.message`` per token; then the whole
+    ``agent.message`` (with deltas), ``span.model_request_end`` with the ``model_usage`` and
+    ``session.status_idle`` (``end_turn``); then the upstream ends the response (a live session
+    would keep it open for the next turn). The request carries no prompt: 1 input token.
+    """
+
+    provider: ClassVar[str] = "anthropic"
+    api: ClassVar[str] = "sessions.events"
+
+    def parse(
+        self, body: Mapping[str, Any], path_model: str | None, stream: bool | None
+    ) -> ParsedRequest:
+        deltas = body.get("event_deltas")  # a GET: each query parameter is a list
+        return ParsedRequest(
+            model="",
+            stream=True,
+            max_tokens=None,
+            input_tokens=1,
+            include_usage="agent.message" in (deltas or ()),  # here: whether to send deltas
+        )
+
+    @staticmethod
+    def _event(kind: str, **fields: Any) -> bytes:
+        return sse({"type": kind, **fields}, event=kind)
+
+    @staticmethod
+    def _at(turn: Turn) -> str:
+        return f"2026-01-01T00:00:{turn.created % 60:02d}Z"
+
+    def _message(self, turn: Turn, index: int | None, text: str) -> bytes:
+        event_id = f"sevt_msg_up{turn.request_id}" + ("" if index is None else f"_{index}")
+        content = [{"type": "text", "text": text}]
+        return self._event(
+            "agent.message", id=event_id, content=content, processed_at=self._at(turn)
+        )
+
+    def head(self, turn: Turn) -> list[bytes]:
+        n, at = turn.request_id, self._at(turn)
+        frames = [
+            self._event("session.status_running", id=f"sevt_run_up{n}", processed_at=at),
+            self._event("span.model_request_start", id=f"sevt_mrs_up{n}", processed_at=at),
+        ]
+        if turn.include_usage:
+            preview = {"id": f"sevt_msg_up{n}", "type": "agent.message"}
+            frames.append(self._event("event_start", event=preview))
+        return frames
+
+    def token(self, turn: Turn, index: int, text: str) -> bytes:
+        if not turn.include_usage:
+            return self._message(turn, index, text)
+        delta = {"type": "content_delta", "index": 0, "content": {"type": "text", "text": text}}
+        return self._event("event_delta", event_id=f"sevt_msg_up{turn.request_id}", delta=delta)
+
+    def tail(self, turn: Turn) -> list[bytes]:
+        n, at = turn.request_id, self._at(turn)
+        usage = {
+            "input_tokens": turn.input_tokens,
+            "output_tokens": turn.generated,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        frames = [self._message(turn, None, turn.text)] if turn.include_usage else []
+        return [
+            *frames,
+            self._event(
+                "span.model_request_end",
+                id=f"sevt_mre_up{n}",
+                model_request_start_id=f"sevt_mrs_up{n}",
+                model_usage=usage,
+                is_error=False,
+                processed_at=at,
+            ),
+            self._event(
+                "session.status_idle",
+                id=f"sevt_idle_up{n}",
+                stop_reason={"type": "end_turn"},
+                processed_at=at,
+            ),
+        ]
+
+    def whole(self, turn: Turn) -> dict[str, Any]:
+        return {"data": [], "next_page": None}
+
+    def error(self, status: int, message: str) -> dict[str, Any]:
+        return MessagesWire().error(status, message)
+
+    def malformed(self) -> bytes:
+        return b'event: event_delta\ndata: {"malformed": \n\n'

@@ -10,18 +10,25 @@ import re
 import socket
 import struct
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from streamguard.testing._wire_anthropic import MessagesWire
+from streamguard.testing._wire_anthropic import MessagesWire, SessionEventsWire
 from streamguard.testing._wire_common import Finish, Turn, Wire, dumps, token_text
 from streamguard.testing._wire_gemini import GenerateContentWire
 from streamguard.testing._wire_mistral import MistralChatWire
 from streamguard.testing._wire_ollama import ChatWire, GenerateWire
 from streamguard.testing._wire_openai import ChatCompletionsWire, CompletionsWire, ResponsesWire
+from streamguard.testing._wire_openai_events import (
+    ImageEditWire,
+    ImageWire,
+    RunWire,
+    TranscriptionWire,
+)
 from streamguard.testing._wire_records import Fault, RequestRecord
 
 if TYPE_CHECKING:
@@ -57,6 +64,10 @@ class _Usage:
     output_tokens: int
 
 
+# Assistants runs: create_and_run, create, submit_tool_outputs.
+_RUN_PATH = re.compile(r"/v1/threads(/[^/]+)?/runs(/[^/]+/submit_tool_outputs)?")
+# GET routes: anthropic managed-agent session events (sessions, session threads).
+_SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/stream")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -234,6 +245,28 @@ async def read_body(receive: Receive) -> bytes | None:
             return bytes(body)
 
 
+def form_fields(body: bytes, content_type: str) -> dict[str, str]:
+    """The text fields of a ``multipart/form-data`` body (file parts are skipped). Raises
+    ValueError for a body that is not one."""
+    boundary = next(
+        (p.split("=", 1)[1].strip('"') for p in content_type.split(";") if "boundary=" in p), None
+    )
+    if not boundary:
+        raise ValueError("A multipart/form-data request needs a boundary.")
+    fields: dict[str, str] = {}
+    for part in body.split(b"--" + boundary.encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        head, sep, value = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("A multipart/form-data part has no header end.")
+        disposition = head.decode("latin-1")
+        name = re.search(r'name="([^"]*)"', disposition)
+        if name is not None and "filename=" not in disposition:
+            fields[name[1]] = value.removesuffix(b"\r\n").decode()
+    return fields
+
+
 async def respond(
     send: Send, status: int, payload: object, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
@@ -260,7 +293,12 @@ class App:
             "/api/chat": ChatWire(),
             "/api/generate": GenerateWire(),
             "/mistral/v1/chat/completions": MistralChatWire(),
+            "/v1/audio/transcriptions": TranscriptionWire(),
+            "/v1/images/generations": ImageWire(),
+            "/v1/images/edits": ImageEditWire(),
         }
+        self.runs = RunWire()
+        self.session_events = SessionEventsWire()
 
     def transport_for(self, scope: Scope) -> asyncio.Transport | None:
         client = scope.get("client")
@@ -280,10 +318,16 @@ class App:
                 exchange.abort()
 
     def route(self, method: str, path: str) -> tuple[Wire, str | None, bool | None] | None:
+        if method == "GET":
+            if _SESSION_EVENTS_PATH.fullmatch(path):
+                return self.session_events, None, True
+            return None
         if method != "POST":
             return None
         if path in self.routes:
             return self.routes[path], None, None
+        if _RUN_PATH.fullmatch(path):
+            return self.runs, None, None
         match = _GEMINI_PATH.fullmatch(path)
         if match is not None:
             return self.gemini, match[2], match[3] == "streamGenerateContent"
@@ -305,7 +349,15 @@ class App:
         wire, path_model, stream_hint = route
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            payload = json.loads(body) if body else {}
+            content_type = headers.get("content-type", "")
+            if content_type.startswith("multipart/form-data"):
+                payload: Any = form_fields(body, content_type)
+            elif scope["method"] == "GET":  # a GET's parameters are its query
+                query = urllib.parse.parse_qs(scope.get("query_string", b"").decode())
+                # ``key[]=a&key[]=b`` (the Stainless SDKs' arrays) -> {"key": ["a", "b"]}
+                payload = {k.removesuffix("[]"): v for k, v in query.items()}
+            else:
+                payload = json.loads(body) if body else {}
             if not isinstance(payload, dict):
                 raise ValueError("The request body must be a JSON object.")
             parsed = wire.parse(payload, path_model, stream_hint)

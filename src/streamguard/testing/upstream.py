@@ -31,6 +31,10 @@ What it serves (base URLs as each SDK wants them): OpenAI chat completions, lega
 and Responses at ``up.openai_base_url``; Anthropic Messages at ``up.anthropic_base_url``; Ollama
 ``/api/chat`` and ``/api/generate`` at ``up.ollama_host``; Gemini ``generateContent`` and
 ``streamGenerateContent`` at ``up.gemini_base_url``; Mistral chat at ``up.mistral_base_url``.
+Also at ``up.openai_base_url``: audio transcriptions and image edits (multipart), image
+generation, and Assistants runs (``threads/runs``, ``threads/{id}/runs``,
+``.../submit_tool_outputs``);
+an image's ``b64_json`` is its tokens' text (``image_text`` reads it back).
 
 Token ``i`` is the text ``" w{i}"`` (see ``expected_text``). A turn has as many tokens as the
 request's limit (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``, Ollama's
@@ -61,10 +65,19 @@ except ModuleNotFoundError:  # one line naming the extra, not a traceback from d
     raise MissingExtraError("streamguard.testing's upstream", "testing") from None
 
 from streamguard.testing._wire_common import expected_text, token_text
+from streamguard.testing._wire_openai_events import image_text
 from streamguard.testing._wire_records import Fault, FaultKind, RequestRecord
 from streamguard.testing._wire_server import App
 
-__all__ = ["Fault", "FaultKind", "RequestRecord", "Upstream", "expected_text", "token_text"]
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "RequestRecord",
+    "Upstream",
+    "expected_text",
+    "image_text",
+    "token_text",
+]
 
 
 class Upstream:

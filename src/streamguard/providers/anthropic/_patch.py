@@ -22,13 +22,18 @@ from streamguard.providers._stainless import (
     raw_response_close,
     release,
 )
+from streamguard.providers.anthropic._sessions import SessionEventsMeter
 
 __all__ = ["AnthropicPatcher", "MessagesMeter"]
 
 PROVIDER = "anthropic"
-#: Request path -> operation; every anthropic stream is metered as message events (other
-#: event kinds pass through uncounted).
-ENDPOINTS: list[tuple[str, str]] = [("/v1/messages", "chat"), ("/v1/complete", "text_completion")]
+#: Request path -> operation; streams are metered as message events (other event kinds pass
+#: through uncounted), managed-agent session events by their own meter.
+ENDPOINTS: list[tuple[str, str]] = [
+    ("/v1/messages", "chat"),
+    ("/v1/complete", "text_completion"),
+    ("/v1/sessions", "invoke_agent"),  # sessions (and threads, bedrock) events.stream()
+]
 # 0.x helpers close the HTTP response themselves, bypassing their raw stream (pitfall 6);
 # later ones call the raw stream's close, which the wrapper then leaves to them.
 _HELPERS = (
@@ -96,7 +101,7 @@ class _Anthropic(StainlessSdk):
 
     def endpoint(self, url: str, hidden: bool) -> tuple[str, Callable[[StreamCore], Meter]]:
         operation = next((op for path, op in ENDPOINTS if url.startswith(path)), "chat")
-        return operation, MessagesMeter
+        return operation, SessionEventsMeter if operation == "invoke_agent" else MessagesMeter
 
 
 class AnthropicPatcher(Patcher):

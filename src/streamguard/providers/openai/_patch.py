@@ -1,8 +1,10 @@
 """openai: every SSE stream, guarded in place where the client builds it (``_stainless``).
 
-Chat completions, legacy completions and the Responses API get their meters; the request
-side injects ``include_usage`` into chat and completions requests that did not ask for it
-(the extra chunk is then hidden from the application) and reads the limits for the receipt.
+Chat completions, legacy completions, the Responses API (``responses`` and ``beta.responses``),
+audio transcriptions, image generation and edits, Assistants runs and agent sessions get their
+meters (``ENDPOINTS``); the request side injects ``include_usage`` into chat and completions
+requests that did not ask for it (the extra chunk is then hidden from the application) and reads
+the limits for the receipt.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from streamguard.providers._stainless import (
     raw_response_close,
     release,
 )
+from streamguard.providers.openai._events import (
+    AgentSessionMeter,
+    ImageMeter,
+    RunMeter,
+    TranscriptionMeter,
+)
 from streamguard.providers.openai._meters import AutoMeter, ChatMeter, ResponsesMeter
 
 __all__ = ["ENDPOINTS", "OpenAIPatcher"]
@@ -32,6 +40,12 @@ ENDPOINTS: list[tuple[str, str, str]] = [
     ("/chat/completions", "chat", "chat"),
     ("/completions", "text_completion", "chat"),
     ("/responses", "chat", "responses"),
+    # Entry points whose events are not chat or Responses events (providers/openai/_events.py).
+    ("/audio/transcriptions", "transcription", "transcription"),
+    ("/images/generations", "image_generation", "image"),
+    ("/images/edits", "image_edit", "image"),
+    ("/threads", "invoke_agent", "run"),  # runs, create_and_run, submit_tool_outputs
+    ("/agents/sessions", "invoke_agent", "agent_session"),
 ]
 _HELPERS = (
     ("openai.lib.streaming.chat._completions", "ChatCompletionStream.close"),
@@ -44,6 +58,13 @@ _RAW_RESPONSES = (
     ("openai._response", "AsyncAPIResponse.close"),
     ("openai._legacy_response", "LegacyAPIResponse.close"),
 )
+_METERS: dict[str, Callable[[StreamCore], Meter]] = {
+    "responses": ResponsesMeter,
+    "transcription": TranscriptionMeter,
+    "image": ImageMeter,
+    "run": RunMeter,
+    "agent_session": AgentSessionMeter,
+}
 _LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
@@ -65,9 +86,7 @@ def _endpoint(path: str) -> tuple[str, str]:
 def _meter(kind: str, hide_usage: bool) -> Callable[[StreamCore], Meter]:
     if kind == "chat":
         return lambda core: ChatMeter(core, hide_usage)
-    if kind == "responses":
-        return ResponsesMeter
-    return AutoMeter
+    return _METERS.get(kind, AutoMeter)
 
 
 def _with_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
