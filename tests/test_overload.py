@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -77,7 +77,7 @@ def run_overload(
     async def hog() -> None:
         for _ in range(blocks):
             await asyncio.sleep(0.3)
-            time.sleep(block)  # the loop is blocked: nobody on it can act
+            time.sleep(block)  # noqa: ASYNC251 - the point: the loop is blocked, nobody on it can act
 
     async def main() -> float:
         stops = streamguard.GuardedAsyncIterator(
@@ -87,7 +87,7 @@ def run_overload(
             break  # the consumer stops asking and holds the stream
         t_stop = time.monotonic()
         await asyncio.gather(hog(), *(reader() for _ in range(streams)))
-        while sink.stopped_reason is None and time.monotonic() - t_stop < 120:
+        while sink.stopped_reason is None and time.monotonic() - t_stop < 120:  # noqa: ASYNC110 - a sink, not an event
             await asyncio.sleep(0.05)
         return time.monotonic() - t_stop
 
@@ -99,9 +99,8 @@ def run_overload(
 
 
 @pytest.fixture
-def old_rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def old_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(looptimers, "_LAG_COMPENSATION", False)
-    yield
 
 
 def test_5000_reading_consumers_complete_on_a_lagging_loop_and_a_stopped_one_is_cut() -> None:
@@ -143,7 +142,7 @@ def test_a_stopped_consumer_on_an_idle_loop_is_cut_promptly() -> None:
             await asyncio.sleep(0.001)
         # The last one stopped ~0 s ago: all are cut within a generous bound of 0.05 s.
         deadline = time.monotonic() + 2.0
-        while sum(sink.reasons.values()) < 300 and time.monotonic() < deadline:
+        while sum(sink.reasons.values()) < 300 and time.monotonic() < deadline:  # noqa: ASYNC110 - a sink
             await asyncio.sleep(0.01)
 
     try:
