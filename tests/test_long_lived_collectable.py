@@ -25,6 +25,7 @@ import openai
 import pytest
 
 import streamguard
+from conftest import _OTEL
 from streamguard import Budget, BudgetExceeded, StreamCancelled
 from streamguard._money.pricing import Pricing
 from streamguard._receipts.signing import HmacSigner
@@ -56,6 +57,16 @@ class Boom(Exception):
 def upstream() -> Iterator[Upstream]:
     with Upstream(token_interval=0.002) as up:
         yield up
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _earlier_streams_gone() -> None:
+    """What earlier tests left: the suite's in-memory log exporter keeps the last records, and
+    an application's exception log (FastAPI's, say) holds that exception's frames and streams;
+    garbage not yet collected was frozen by the conftest (``gc.freeze``) and is released here."""
+    _OTEL.clear()
+    gc.unfreeze()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

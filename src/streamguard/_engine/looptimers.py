@@ -13,6 +13,11 @@ The lateness summed over an interval is loop time in which nobody on the loop co
 stall and idle clocks leave it out (the deadline, a wall-clock limit, does not). A consumer
 that really stops is cut once the loop has run promptly for ``stall_timeout`` since its last
 ask: at once on an idle loop, later (by the lag) on a late one, never early.
+
+A probe up to ``SLACK`` late is not lag but the timer's granularity (asyncio rounds a poll's
+timeout up to the millisecond; a busy machine adds scheduling noise). Counting it would let many
+streams, whose alarms fire every millisecond or so, add up a lag nearly equal to the time passed,
+and a consumer that really stopped would be cut many times too late, or never.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["TICK_NS", "LagClock", "LoopTimers"]
 
 TICK_NS = 250_000_000  # the lag probe's period while streams are watched
+SLACK_NS = 5_000_000  # lateness of a probe that is the timer's granularity, not loop lag
+#: Private knob (tests and benchmarks): False makes new loops' timers ignore loop lag.
+_LAG_COMPENSATION = True
 _MAX_SAMPLES = 8192  # ~34 minutes of probes at TICK_NS: older lag is not forgiven
 _monotonic_ns = time.monotonic_ns
 
@@ -59,7 +67,7 @@ class LagClock:
 
     def fired(self, now: int, due: int) -> None:
         """The probe due at ``due`` ran at ``now``."""
-        late = max(0, now - due)
+        late = max(0, now - due - SLACK_NS)
         self._pending_due = None
         self._total += late
         when = self._when
@@ -80,7 +88,7 @@ class LagClock:
         if not when or t > when[-1]:
             # After the last probe: the pending one, if overdue at t, was late by t - due.
             due = self._pending_due
-            return self._total + (max(0, t - due) if due is not None else 0)
+            return self._total + (max(0, t - due - SLACK_NS) if due is not None else 0)
         i = bisect.bisect_left(when, t)
         # t is in (when[i-1], when[i]]: the lag of that interval counts as coming last.
         return self._lags[i] - min(self._late[i], when[i] - t)
@@ -101,7 +109,7 @@ class LagClock:
 class LoopTimers:
     """The timers of one loop's streams. Every method runs on that loop."""
 
-    __slots__ = ("_alarm_due", "_dead", "_heap", "_seq", "home", "lag")
+    __slots__ = ("_alarm_due", "_dead", "_forgive", "_heap", "_seq", "home", "lag")
 
     def __init__(self, home: Home) -> None:
         self.home = home
@@ -110,6 +118,9 @@ class LoopTimers:
         self._dead = 0
         self._alarm_due: int | None = None
         self.lag = LagClock()
+        # What the stall and idle clocks forgive; None (``_LAG_COMPENSATION`` off, tests and
+        # benchmarks only) is the old rule: every nanosecond since the last ask counts.
+        self._forgive: LagClock | None = self.lag if _LAG_COMPENSATION else None
 
     def __len__(self) -> int:
         """Streams watched (dropped entries excluded)."""
@@ -120,7 +131,7 @@ class LoopTimers:
         from streamguard._engine.watchdog import evaluate
 
         now = _monotonic_ns()
-        _, due = evaluate(core, now, self.lag)
+        _, due = evaluate(core, now, self._forgive)
         if due is None:
             return
         if core.timer_entry is not None:  # armed again: the old entry is dropped
@@ -169,7 +180,7 @@ class LoopTimers:
                 self._dead -= 1
                 continue
             core.timer_entry = None
-            reason, due = evaluate(core, now, self.lag)
+            reason, due = evaluate(core, now, self._forgive)
             if reason is not None:
                 stops.append((core, reason))
             elif due is not None:
