@@ -68,6 +68,8 @@ class _Usage:
 _RUN_PATH = re.compile(r"/v1/threads(/[^/]+)?/runs(/[^/]+/submit_tool_outputs)?")
 # GET routes: anthropic managed-agent session events (sessions, session threads).
 _SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/stream")
+# openai responses.retrieve(stream=True): the stored response, generated again on the clock.
+_RESPONSE_PATH = re.compile(r"/v1/responses/[^/]+")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -321,6 +323,8 @@ class App:
         if method == "GET":
             if _SESSION_EVENTS_PATH.fullmatch(path):
                 return self.session_events, None, True
+            if _RESPONSE_PATH.fullmatch(path):
+                return self.routes["/v1/responses"], None, None
             return None
         if method != "POST":
             return None
