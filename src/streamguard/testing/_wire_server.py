@@ -29,6 +29,7 @@ from streamguard.testing._wire_openai_events import (
     RunWire,
     TranscriptionWire,
 )
+from streamguard.testing._wire_realtime import WEBSOCKET_PATHS, Session
 from streamguard.testing._wire_records import Fault, RequestRecord
 
 if TYPE_CHECKING:
@@ -338,6 +339,13 @@ class App:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            if scope["path"] in WEBSOCKET_PATHS:
+                await Session(self, scope, send).run(receive)
+            else:
+                self.up._note_unmatched(f"WebSocket {scope['path']}")
+                await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             return
         started_ns, started_wall_ns = time.monotonic_ns(), time.time_ns()
