@@ -34,6 +34,8 @@ class Adapter:
     #: Whether cutting the stream stops the generation (False for a server-side run or session
     #: that goes on without the connection: the receipt then prevents nothing).
     prevents: ClassVar[bool] = True
+    #: Whether ``open`` returns the SDK's stream manager (``with`` gives the event handler).
+    helper: ClassVar[bool] = False
     #: Importable module of the SDK; the provider is skipped when it is missing.
     module: ClassVar[str]
     #: Whether the SDK's stream objects are context managers, sync and async.
@@ -314,6 +316,152 @@ class OpenAIRunsAdapter(_OpenAIEntryPoint):
         return "".join(block.text.value for block in chunk.data.delta.content or ())
 
 
+# The other openai entry points (test_entry_points.py): the same guard, other request shapes.
+# ``helper`` adapters open the SDK's stream manager; the test enters it for its handler.
+
+
+class OpenAIImageEditAdapter(OpenAIImagesAdapter):
+    name = "openai.images.edit"
+    operation = "image_edit"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.images.edit(
+            model=MODEL,
+            image=("cat.png", b"\x89PNG\r\n\x1a\n", "image/png"),
+            prompt="count slowly",
+            stream=True,
+            extra_headers=_length(max_tokens),
+        )
+
+
+def _assistants(call: Any, *args: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():  # the SDK marks the Assistants API deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return call(*args, **kwargs)
+
+
+_RUN = {"assistant_id": "asst_conformance", "model": MODEL, "additional_messages": MESSAGES}
+
+
+class OpenAIRunStreamAdapter(OpenAIRunsAdapter):
+    name = "openai.runs.stream"
+    helper = True
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        runs = client.beta.threads.runs
+        return _assistants(
+            runs.stream, thread_id="thread_conformance", max_completion_tokens=max_tokens, **_RUN
+        )
+
+
+class OpenAIRunCreateAndStreamAdapter(OpenAIRunsAdapter):
+    name = "openai.runs.create_and_stream"
+    helper = True
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        runs = client.beta.threads.runs
+        return _assistants(
+            runs.create_and_stream,
+            thread_id="thread_conformance",
+            max_completion_tokens=max_tokens,
+            **_RUN,
+        )
+
+
+_NEW_THREAD = {
+    "assistant_id": "asst_conformance",
+    "model": MODEL,
+    "thread": {"messages": MESSAGES},
+}
+
+
+class OpenAICreateAndRunAdapter(OpenAIRunsAdapter):
+    name = "openai.threads.create_and_run"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        threads = client.beta.threads
+        return _assistants(
+            threads.create_and_run, stream=True, max_completion_tokens=max_tokens, **_NEW_THREAD
+        )
+
+
+class OpenAICreateAndRunStreamAdapter(OpenAIRunsAdapter):
+    name = "openai.threads.create_and_run_stream"
+    helper = True
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        threads = client.beta.threads
+        return _assistants(
+            threads.create_and_run_stream, max_completion_tokens=max_tokens, **_NEW_THREAD
+        )
+
+
+class OpenAISubmitToolOutputsAdapter(OpenAIRunsAdapter):
+    """``submit_tool_outputs`` names no model and no limit: the run reports its model."""
+
+    name = "openai.runs.submit_tool_outputs"
+    sends_max_tokens = False
+    receipt_model = "upstream-assistant"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return _assistants(
+            client.beta.threads.runs.submit_tool_outputs,
+            "run_conformance",
+            thread_id="thread_conformance",
+            tool_outputs=[{"tool_call_id": "call_1", "output": "42"}],
+            stream=True,
+            extra_headers=_length(max_tokens),
+        )
+
+
+class OpenAISubmitToolOutputsStreamAdapter(OpenAISubmitToolOutputsAdapter):
+    name = "openai.runs.submit_tool_outputs_stream"
+    helper = True
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return _assistants(
+            client.beta.threads.runs.submit_tool_outputs_stream,
+            run_id="run_conformance",
+            thread_id="thread_conformance",
+            tool_outputs=[{"tool_call_id": "call_1", "output": "42"}],
+            extra_headers=_length(max_tokens),
+        )
+
+
+class OpenAIBetaResponsesAdapter(_OpenAIEntryPoint):
+    name = "openai.beta.responses"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.responses.create(
+            model=MODEL, input="count slowly", max_output_tokens=max_tokens, stream=True
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.delta if chunk.type == "response.output_text.delta" else None
+
+
+class OpenAIResponsesRetrieveAdapter(OpenAIBetaResponsesAdapter):
+    """``responses.retrieve(id, stream=True)``: a stored response, no model or limit named."""
+
+    name = "openai.responses.retrieve"
+    sends_max_tokens = False
+    receipt_model = "upstream-stored-model"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.responses.retrieve(
+            "resp_conformance", stream=True, extra_headers=_length(max_tokens)
+        )
+
+
+class OpenAIBetaResponsesRetrieveAdapter(OpenAIResponsesRetrieveAdapter):
+    name = "openai.beta.responses.retrieve"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.responses.retrieve(
+            "resp_conformance", stream=True, extra_headers=_length(max_tokens)
+        )
+
+
 # --------------------------------------- anthropic managed-agent session events (h15e)
 
 
@@ -351,5 +499,56 @@ ADAPTERS: dict[str, Adapter] = {
         OpenAIImagesAdapter(),
         OpenAIRunsAdapter(),
         AnthropicSessionEventsAdapter(),
+    )
+}
+
+
+class AnthropicSessionThreadEventsAdapter(AnthropicSessionEventsAdapter):
+    name = "anthropic.sessions.threads"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.sessions.threads.events.stream(
+            "sthr_conformance",
+            session_id="sesn_conformance",
+            event_deltas=["agent.message"],
+            extra_headers=_length(max_tokens),
+        )
+
+
+class AnthropicBedrockSessionEventsAdapter(AnthropicSessionEventsAdapter):
+    """anthropic 2.17 generates ``resources.beta.bedrock`` but no client exposes it yet: the
+    resource is built on the client, as a client that exposes it would."""
+
+    name = "anthropic.bedrock.sessions"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        from anthropic.resources.beta.bedrock import AsyncBedrock, Bedrock
+
+        resource = AsyncBedrock(client) if self.is_async_client(client) else Bedrock(client)
+        return resource.sessions.events.stream(
+            "sesn_conformance", event_deltas=["agent.message"], extra_headers=_length(max_tokens)
+        )
+
+    def is_async_client(self, client: Any) -> bool:
+        return isinstance(client, self.sdk().AsyncAnthropic)
+
+
+#: Entry points checked by test_entry_points.py (the conformance suite's scenarios that tell
+#: one request shape from another: exhaust, close, break and drop or leave the helper).
+ENTRY_POINTS: dict[str, Adapter] = {
+    adapter.name: adapter
+    for adapter in (
+        OpenAIImageEditAdapter(),
+        OpenAIRunStreamAdapter(),
+        OpenAIRunCreateAndStreamAdapter(),
+        OpenAICreateAndRunAdapter(),
+        OpenAICreateAndRunStreamAdapter(),
+        OpenAISubmitToolOutputsAdapter(),
+        OpenAISubmitToolOutputsStreamAdapter(),
+        OpenAIBetaResponsesAdapter(),
+        OpenAIResponsesRetrieveAdapter(),
+        OpenAIBetaResponsesRetrieveAdapter(),
+        AnthropicSessionThreadEventsAdapter(),
+        AnthropicBedrockSessionEventsAdapter(),
     )
 }

@@ -196,7 +196,8 @@ class ResponsesWire(Wire):
     and ``response.completed`` carrying the whole response and its usage. With
     ``incomplete_on_length`` a turn cut by ``max_output_tokens`` ends with
     ``response.incomplete`` instead, as OpenAI does (the SDK's ``get_final_response()`` then
-    raises, as it does against OpenAI).
+    raises, as it does against OpenAI). ``GET /v1/responses/{id}?stream=true`` (``retrieve``)
+    streams a stored response the same way.
     """
 
     provider: ClassVar[str] = "openai"
@@ -208,6 +209,13 @@ class ResponsesWire(Wire):
     def parse(
         self, body: Mapping[str, Any], path_model: str | None, stream: bool | None
     ) -> ParsedRequest:
+        if "stream" in body and isinstance(body["stream"], list):  # GET .../responses/{id}
+            return ParsedRequest(
+                model="upstream-stored-model",  # the stored response's model
+                stream=body["stream"] == ["true"],
+                max_tokens=None,
+                input_tokens=1,
+            )
         return ParsedRequest(
             model=str(body.get("model", "")),
             stream=bool(body.get("stream")),

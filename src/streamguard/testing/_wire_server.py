@@ -29,6 +29,7 @@ from streamguard.testing._wire_openai_events import (
     RunWire,
     TranscriptionWire,
 )
+from streamguard.testing._wire_realtime import WEBSOCKET_PATHS, Session
 from streamguard.testing._wire_records import Fault, RequestRecord
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class _Usage:
 _RUN_PATH = re.compile(r"/v1/threads(/[^/]+)?/runs(/[^/]+/submit_tool_outputs)?")
 # GET routes: anthropic managed-agent session events (sessions, session threads).
 _SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/stream")
+# openai responses.retrieve(stream=True): the stored response, generated again on the clock.
+_RESPONSE_PATH = re.compile(r"/v1/responses/[^/]+")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -321,6 +324,8 @@ class App:
         if method == "GET":
             if _SESSION_EVENTS_PATH.fullmatch(path):
                 return self.session_events, None, True
+            if _RESPONSE_PATH.fullmatch(path):
+                return self.routes["/v1/responses"], None, None
             return None
         if method != "POST":
             return None
@@ -334,6 +339,13 @@ class App:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            if scope["path"] in WEBSOCKET_PATHS:
+                await Session(self, scope, send).run(receive)
+            else:
+                self.up._note_unmatched(f"WebSocket {scope['path']}")
+                await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             return
         started_ns, started_wall_ns = time.monotonic_ns(), time.time_ns()

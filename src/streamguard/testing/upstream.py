@@ -151,7 +151,7 @@ class Upstream:
             lifespan="off",
             loop="asyncio",
             http="h11",
-            ws="none",
+            ws="auto",  # the WebSocket APIs (_wire_realtime) when `websockets` is installed
             server_header=False,
             date_header=False,
             timeout_graceful_shutdown=2,

@@ -106,6 +106,8 @@ class ResponsesMeter:
             core = self.core
             core.response_id = response.id
             core.response_model = response.model
+            if core.model is None and response.model:
+                core.model = response.model  # retrieve(stream=True) names no model
             usage = response.usage
             if usage is not None:
                 details = getattr(usage, "input_tokens_details", None)
