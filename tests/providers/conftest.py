@@ -30,6 +30,10 @@ from ._adapters import ADAPTERS, Adapter
 from ._harness import EXPECTED_OUTPUT, INTERVAL, Case
 
 MODES = ("sync", "async")
+# Fixture names of the SDKs whose provider name is no identifier: ``gemini_case`` (sync and
+# async), ``gemini_async_case`` (async only), the same for mistral, and ``gemini_mistral_case``
+# (both SDKs, both modes).
+SHORT_NAMES = {"gemini": "gcp.gemini", "mistral": "mistral_ai"}
 LOOP_PARAM = "sg_loop"
 
 
@@ -78,6 +82,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if f"{name}_case" in metafunc.fixturenames:
             combos = [f"{name}-{mode}" for mode in MODES]
             metafunc.parametrize(f"{name}_case", combos, indirect=True, ids=combos)
+    if "gemini_mistral_case" in metafunc.fixturenames:
+        combos = [f"{name}-{mode}" for name in SHORT_NAMES.values() for mode in MODES]
+        metafunc.parametrize("gemini_mistral_case", combos, indirect=True, ids=combos)
+    for short, name in SHORT_NAMES.items():
+        if f"{short}_case" in metafunc.fixturenames:
+            combos = [f"{name}-{mode}" for mode in MODES]
+            metafunc.parametrize(f"{short}_case", combos, indirect=True, ids=combos)
+        if f"{short}_async_case" in metafunc.fixturenames:
+            metafunc.parametrize(f"{short}_async_case", [f"{name}-async"], indirect=True)
     if "provider" in metafunc.fixturenames:
         names = list(ADAPTERS)
         metafunc.parametrize("provider", names, indirect=True, ids=names)
@@ -129,6 +142,11 @@ async_case = pytest.fixture(_case, name="async_case")
 openai_case = pytest.fixture(_case, name="openai_case")
 anthropic_case = pytest.fixture(_case, name="anthropic_case")
 ollama_case = pytest.fixture(_case, name="ollama_case")
+gemini_case = pytest.fixture(_case, name="gemini_case")
+gemini_async_case = pytest.fixture(_case, name="gemini_async_case")
+mistral_case = pytest.fixture(_case, name="mistral_case")
+mistral_async_case = pytest.fixture(_case, name="mistral_async_case")
+gemini_mistral_case = pytest.fixture(_case, name="gemini_mistral_case")
 
 
 @pytest.fixture

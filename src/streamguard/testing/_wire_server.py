@@ -19,7 +19,11 @@ import uvicorn
 from streamguard.testing._wire_anthropic import MessagesWire
 from streamguard.testing._wire_common import Finish, Turn, Wire, dumps, token_text
 from streamguard.testing._wire_gemini import GenerateContentWire
-from streamguard.testing._wire_mistral import MistralChatWire
+from streamguard.testing._wire_mistral import (
+    MistralChatWire,
+    MistralConversationWire,
+    MistralFimWire,
+)
 from streamguard.testing._wire_ollama import ChatWire, GenerateWire
 from streamguard.testing._wire_openai import ChatCompletionsWire, CompletionsWire, ResponsesWire
 from streamguard.testing._wire_records import Fault, RequestRecord
@@ -57,6 +61,7 @@ class _Usage:
     output_tokens: int
 
 
+_CONVERSATION_PATH = re.compile(r"/mistral/v1/conversations/[^/]+(/restart)?")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -260,6 +265,9 @@ class App:
             "/api/chat": ChatWire(),
             "/api/generate": GenerateWire(),
             "/mistral/v1/chat/completions": MistralChatWire(),
+            "/mistral/v1/agents/completions": MistralChatWire(),
+            "/mistral/v1/fim/completions": MistralFimWire(),
+            "/mistral/v1/conversations": MistralConversationWire(),
         }
 
     def transport_for(self, scope: Scope) -> asyncio.Transport | None:
@@ -287,6 +295,8 @@ class App:
         match = _GEMINI_PATH.fullmatch(path)
         if match is not None:
             return self.gemini, match[2], match[3] == "streamGenerateContent"
+        if _CONVERSATION_PATH.fullmatch(path):  # append to, or restart, a conversation
+            return self.routes["/mistral/v1/conversations"], None, None
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

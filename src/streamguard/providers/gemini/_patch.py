@@ -235,7 +235,7 @@ class GeminiPatcher(Patcher):
     distribution = "google-genai"
     # The targets and the private ``_request(http_request, http_options, stream)`` hooks are
     # the same from 2.0 (httpx) to 3.x (httpx2); tested on 2.0.0, 3.0.0 and 3.6.1
-    # (tests/test_gemini_mistral.py). 1.x is untested; 4.x may move the private hooks.
+    # (tests/providers, make compat). 1.x is untested; 4.x may move the private hooks.
     supported = ("2.0", "4")
 
     def targets(self) -> list[tuple[str, str, Any]]:
