@@ -154,7 +154,7 @@ $(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_EXTRAS_anthropic-$(v) := anthropic
 $(foreach v,$(ANTHROPIC_COMPAT),$(eval COMPAT_RUN_anthropic-$(v) := -p no:cacheprovider tests/providers -k anthropic))
 COMPAT_EXTRAS_httpx-0.28 := test
 COMPAT_EXTRAS_httpx-0.27 := openai anthropic ollama testing otlp
-COMPAT_RUN_httpx-0.28 := $(COMPAT_TESTS) tests/test_gemini_mistral.py -k 'not openai and not ollama'
+COMPAT_RUN_httpx-0.28 := $(COMPAT_TESTS) -k 'not openai and not ollama'
 COMPAT_RUN_httpx-0.27 := $(COMPAT_TESTS) -k 'not anthropic and not gemini and not mistral'
 
 .PHONY: compat $(addprefix compat-,$(COMPAT_ENVS))

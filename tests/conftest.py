@@ -1,4 +1,8 @@
-"""Shared fixtures: OTel in-memory pipelines (installed once), a fresh runtime per test."""
+"""Shared fixtures: OTel in-memory pipelines (installed once), a fresh runtime per test.
+
+The upstream, the receipt sink and ``instrument_with`` come from StreamGuard's public pytest
+plugin (``streamguard.testing.pytest_plugin``), which every tier's conftest builds on.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from streamguard._engine.loopthread import stop_background_loop
 from streamguard._receipts.signing import HmacSigner
 from streamguard.testing.redis_server import RedisServerMissing, redis_server
 from streamguard.testing.sinks import InMemoryReceiptSink
+
+pytest_plugins = ["streamguard.testing.pytest_plugin"]
 
 HMAC_SECRET = bytes(range(32))
 
@@ -65,11 +71,6 @@ _OTEL = OTel()
 @pytest.fixture
 def otel() -> OTel:
     return _OTEL
-
-
-@pytest.fixture
-def sink() -> InMemoryReceiptSink:
-    return InMemoryReceiptSink()
 
 
 @pytest.fixture

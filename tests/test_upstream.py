@@ -74,13 +74,17 @@ def post_lines(
 
 
 def test_start_serves_on_an_ephemeral_port_and_stop_leaves_no_thread() -> None:
+    def upstream_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("streamguard-upstream")}
+
+    others = upstream_threads()  # the session's shared upstream (pytest_plugin) may be running
     upstream = Upstream(token_interval=INTERVAL)
     with upstream as up:
         assert up.url == f"http://127.0.0.1:{up.port}"
         assert up.openai_base_url == up.url + "/v1"
         assert up.mistral_base_url == up.url + "/mistral"
-        assert [t for t in threading.enumerate() if t.name.startswith("streamguard-upstream")]
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamguard-upstream")]
+        assert upstream_threads() - others
+    assert not upstream_threads() - others
     upstream.stop()  # a second stop is a no-op
     with pytest.raises(httpx.ConnectError):
         httpx.get(upstream.url + "/", timeout=1)

@@ -9,11 +9,6 @@ directory is not collected.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
-
-import pytest
-
-from streamguard.testing import Upstream
 
 _PEERS = (
     "opentelemetry.instrumentation.openai",
@@ -31,16 +26,4 @@ def _installed(module: str) -> bool:
 
 collect_ignore_glob = [] if all(_installed(m) for m in _PEERS) else ["test_*.py"]
 
-INTERVAL = 0.02  # seconds per token at the upstream
-
-
-@pytest.fixture(scope="package")
-def shared_upstream() -> Iterator[Upstream]:
-    with Upstream(token_interval=INTERVAL, default_max_tokens=64) as up:
-        yield up
-
-
-@pytest.fixture
-def up(shared_upstream: Upstream) -> Upstream:
-    shared_upstream.reset()
-    return shared_upstream
+# The upstream (``up``) and the receipt ``sink`` come from streamguard.testing.pytest_plugin.

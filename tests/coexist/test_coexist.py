@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import streamguard
 from streamguard import Receipt, handle_of
-from streamguard._receipts.signing import HmacSigner
 from streamguard.testing import InMemoryReceiptSink, RequestRecord, Upstream
+from streamguard.testing.instrumenting import instrument_for_test
 
 T = TypeVar("T")
 MS = 1_000_000
@@ -96,9 +96,7 @@ class World:
 
     # --------------------------------------------------------------------- set-up
     def instrument_streamguard(self, **options: Any) -> None:
-        streamguard.instrument(
-            sinks=[self.sink], signer=HmacSigner(bytes(32), key_id="test"), **options
-        )
+        instrument_for_test(self.sink, **options)
         self.streamguard_on = True
 
     def uninstrument_streamguard(self) -> None:

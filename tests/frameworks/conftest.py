@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,42 +20,20 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # The Agents SDK exports traces to OpenAI unless told not to.
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 
-import streamguard  # noqa: E402  (the environment above must be set before any framework import)
-from streamguard._receipts.signing import HmacSigner  # noqa: E402
-from streamguard.testing import InMemoryReceiptSink, Upstream  # noqa: E402
+# The environment above must be set before any framework import.
+from streamguard.testing import InMemoryReceiptSink  # noqa: E402
 
-from ._harness import INTERVAL, STALL  # noqa: E402
+from ._harness import STALL  # noqa: E402
 
-
-@pytest.fixture(scope="package")
-def shared_upstream() -> Iterator[Upstream]:
-    with Upstream(token_interval=INTERVAL, default_max_tokens=64) as up:
-        yield up
+# ``up`` (a token every 20 ms: _harness.INTERVAL), ``sink`` and ``instrument_with`` come from
+# streamguard.testing.pytest_plugin.
 
 
 @pytest.fixture
-def up(shared_upstream: Upstream) -> Upstream:
-    shared_upstream.reset()
-    return shared_upstream
-
-
-@pytest.fixture
-def sink() -> InMemoryReceiptSink:
-    return InMemoryReceiptSink()
-
-
-@pytest.fixture
-def guarded(sink: InMemoryReceiptSink) -> Iterator[InMemoryReceiptSink]:
+def guarded(sink: InMemoryReceiptSink, instrument_with: Callable[..., None]) -> InMemoryReceiptSink:
     """StreamGuard on, stall timeout ``STALL``; afterwards: uninstrumented, one receipt each."""
-    streamguard.instrument(
-        sinks=[sink], signer=HmacSigner(bytes(32), key_id="test"), stall_timeout=STALL
-    )
-    try:
-        yield sink
-    finally:
-        streamguard.uninstrument()
-    twice = sink.streams_with_more_than_one()
-    assert not twice, f"streams with more than one receipt: {twice}"
+    instrument_with(stall_timeout=STALL)
+    return sink
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,5 +1,8 @@
-"""Fixtures of the provider conformance suite: one shared upstream, StreamGuard instrumented
-per test with an in-memory sink, and the provider x {sync, async} matrix.
+"""Fixtures of the provider conformance suite: the provider x {sync, async} matrix.
+
+The shared upstream (``up``: a token every 20 ms, ``_harness.INTERVAL``), the test's ``sink``
+and ``instrument_with``/``instrumented`` come from ``streamguard.testing.pytest_plugin``; here
+``streamguard_options`` gives every ``instrument_with`` this suite's expected answer length.
 
 A test asks for ``case`` (every provider, sync and async), ``async_case`` (async only) or
 ``provider`` (a provider name, for tests that build their own clients). A provider whose SDK is
@@ -15,21 +18,23 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import streamguard
-from streamguard._receipts.signing import HmacSigner
 from streamguard.providers import all_patchers
 from streamguard.testing import InMemoryReceiptSink, Upstream
 
 from . import _loops
 from ._adapters import ADAPTERS, Adapter
-from ._harness import EXPECTED_OUTPUT, INTERVAL, Case
+from ._harness import EXPECTED_OUTPUT, Case
 
 MODES = ("sync", "async")
+# Fixture names of the SDKs whose provider name is no identifier: ``gemini_case`` (sync and
+# async), ``gemini_async_case`` (async only), the same for mistral, and ``gemini_mistral_case``
+# (both SDKs, both modes).
+SHORT_NAMES = {"gemini": "gcp.gemini", "mistral": "mistral_ai"}
 LOOP_PARAM = "sg_loop"
 
 
@@ -78,6 +83,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if f"{name}_case" in metafunc.fixturenames:
             combos = [f"{name}-{mode}" for mode in MODES]
             metafunc.parametrize(f"{name}_case", combos, indirect=True, ids=combos)
+    if "gemini_mistral_case" in metafunc.fixturenames:
+        combos = [f"{name}-{mode}" for name in SHORT_NAMES.values() for mode in MODES]
+        metafunc.parametrize("gemini_mistral_case", combos, indirect=True, ids=combos)
+    for short, name in SHORT_NAMES.items():
+        if f"{short}_case" in metafunc.fixturenames:
+            combos = [f"{name}-{mode}" for mode in MODES]
+            metafunc.parametrize(f"{short}_case", combos, indirect=True, ids=combos)
+        if f"{short}_async_case" in metafunc.fixturenames:
+            metafunc.parametrize(f"{short}_async_case", [f"{name}-async"], indirect=True)
     if "provider" in metafunc.fixturenames:
         names = list(ADAPTERS)
         metafunc.parametrize("provider", names, indirect=True, ids=names)
@@ -98,19 +112,6 @@ def _loop_of(request: pytest.FixtureRequest) -> str:
     return str(callspec.params.get(LOOP_PARAM, "asyncio")) if callspec else "asyncio"
 
 
-@pytest.fixture(scope="package")
-def shared_upstream() -> Iterator[Upstream]:
-    """One upstream for the whole suite, stopped when it ends (no thread left behind)."""
-    with Upstream(token_interval=INTERVAL, default_max_tokens=64) as up:
-        yield up
-
-
-@pytest.fixture
-def up(shared_upstream: Upstream) -> Upstream:
-    shared_upstream.reset()
-    return shared_upstream
-
-
 @pytest.fixture
 def provider(request: pytest.FixtureRequest) -> str:
     return adapter_or_skip(request.param, _loop_of(request)).name
@@ -129,28 +130,15 @@ async_case = pytest.fixture(_case, name="async_case")
 openai_case = pytest.fixture(_case, name="openai_case")
 anthropic_case = pytest.fixture(_case, name="anthropic_case")
 ollama_case = pytest.fixture(_case, name="ollama_case")
+gemini_case = pytest.fixture(_case, name="gemini_case")
+gemini_async_case = pytest.fixture(_case, name="gemini_async_case")
+mistral_case = pytest.fixture(_case, name="mistral_case")
+mistral_async_case = pytest.fixture(_case, name="mistral_async_case")
+gemini_mistral_case = pytest.fixture(_case, name="gemini_mistral_case")
 
 
 @pytest.fixture
-def instrument_with(sink: InMemoryReceiptSink) -> Iterator[Callable[..., None]]:
-    """``instrument_with(**options)``: ``streamguard.instrument`` with the test's sink and an
-    HMAC key. Afterwards it uninstruments (which stops and flushes every stream) and checks that
-    no stream got a second receipt late."""
-    used = False
-
-    def instrument(**options: Any) -> None:
-        nonlocal used
-        used = True
-        options.setdefault("expected_output_tokens", EXPECTED_OUTPUT)
-        streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="test"), **options)
-
-    yield instrument
-    if used:
-        streamguard.uninstrument()
-        twice = sink.streams_with_more_than_one()
-        assert not twice, f"streams with more than one receipt: {twice}"
-
-
-@pytest.fixture
-def instrumented(instrument_with: Callable[..., None]) -> None:
-    instrument_with()
+def streamguard_options() -> dict[str, Any]:
+    """What ``instrument_with`` (streamguard.testing.pytest_plugin) starts from here: the
+    answer length expected before any history, which receipts' ``prevented_estimate`` uses."""
+    return {"expected_output_tokens": EXPECTED_OUTPUT}

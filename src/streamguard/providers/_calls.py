@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import os
 import socket
@@ -15,13 +14,20 @@ from streamguard._engine.drivers import Meter
 from streamguard._engine.reasons import StopReason
 from streamguard.providers._base import (
     AsyncStreamGuard,
-    ObjectProxy,
     SyncStreamGuard,
+    discard_core,
     fail_core,
     guarded_call,
 )
 
-__all__ = ["Guarding", "RawResponseGuard", "abort_closer", "call_guarded", "sdk_result_guard"]
+__all__ = [
+    "Guarding",
+    "abort_closer",
+    "call_guarded",
+    "guard_found",
+    "is_async_iterator",
+    "is_iterator",
+]
 
 
 def abort_closer(response: Any, core: StreamCore) -> Callable[[], None]:
@@ -82,10 +88,6 @@ def shutdown_socket(sock: Any) -> None:
 
 
 _COMPLETED = StopReason.COMPLETED
-# True while guarding the result of an awaited SDK call (async client).
-_in_async_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "streamguard_async_call", default=False
-)
 
 
 class Guarding:
@@ -139,11 +141,7 @@ async def _await_and_guard(
     except BaseException as exc:
         fail_core(core, exc)
         raise
-    token = _in_async_call.set(True)
-    try:
-        return _guard(result, core, guard_result)
-    finally:
-        _in_async_call.reset(token)
+    return _guard(result, core, guard_result)
 
 
 def _guard(result: Any, core: StreamCore, guard_result: Callable[[Any], Any]) -> Any:
@@ -154,78 +152,51 @@ def _guard(result: Any, core: StreamCore, guard_result: Callable[[Any], Any]) ->
         raise
 
 
-class RawResponseGuard(ObjectProxy):
-    """``with_raw_response`` / ``with_streaming_response``: the stream is guarded on ``parse()``.
+def guard_found(
+    result: Any,
+    core: StreamCore,
+    is_stream: Callable[[Any], bool],
+    guard: Callable[[Any], Any],
+) -> Any:
+    """Guard the SDK stream in what an SDK call returned, wherever it is; never a false receipt.
 
-    Until then the raw response owns the upstream: dropping it unparsed closes the connection.
+    The stream is ``result`` itself, or it is found down the ``__wrapped__`` chain of other
+    instrumentation's wrappers (an OpenTelemetry or OpenLLMetry proxy): then the guard goes in
+    under the innermost wrapper that holds it, so every wrapper stays where it was, the
+    application keeps the object it would have had without StreamGuard, and each layer still
+    sees every chunk. A result with no stream StreamGuard recognises (a wrapper that hides its
+    stream, a new SDK type) is returned untouched: no receipt, which would claim what
+    StreamGuard did not see, and one warning per kind of result.
     """
-
-    def __init__(self, wrapped: Any, core: StreamCore, guard_parsed: Callable[[Any], Any]) -> None:
-        super().__init__(wrapped)
-        self._self_core = core
-        self._self_guard_parsed = guard_parsed
-        self._self_parsed: Any = None
-
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        if self._self_parsed is None:
-            result = self.__wrapped__.parse(*args, **kwargs)
-            if inspect.isawaitable(result):
-                return self._parse_async(result)
-            self._self_parsed = self._self_guard_parsed(result)
-        return self._self_parsed
-
-    async def _parse_async(self, awaitable: Any) -> Any:
-        result = await awaitable
-        if self._self_parsed is None:
-            self._self_parsed = self._self_guard_parsed(result)
-        return self._self_parsed
-
-    def close(self) -> Any:
-        """Closing the raw response ends the stream (``with_streaming_response``'s exit)."""
-        from streamguard._engine.reasons import StopReason
-
-        self._self_core.request_stop(StopReason.CONSUMER_CLOSED, "the raw response was closed")
-        return self.__wrapped__.close()
-
-    def __del__(self) -> None:
-        core = self._self_core
-        if self._self_parsed is None and core.stop_reason is None:
-            from streamguard._engine.reasons import StopReason
-
-            core.request_stop(StopReason.CONSUMER_CLOSED, "the raw response was dropped unparsed")
+    if is_stream(result):
+        return guard(result)
+    holder = result
+    for _ in range(_MAX_LAYERS):
+        inner = getattr(holder, "__wrapped__", None)
+        if inner is None:
+            break
+        if is_stream(inner):
+            try:
+                holder.__wrapped__ = inner  # can this layer take the guard under it?
+            except Exception:  # a read-only __wrapped__: the stream stays out of reach
+                break
+            holder.__wrapped__ = guard(inner)
+            return result
+        holder = inner
+    name = type(result).__name__
+    discard_core(core, f"the call returned {name}, in which StreamGuard found no stream")
+    return result
 
 
-def sdk_result_guard(
-    guarding: Guarding,
-    *,
-    sync_types: tuple[type[Any], ...],
-    async_types: tuple[type[Any], ...],
-    raw_types: tuple[type[Any], ...] = (),
-    async_raw_types: tuple[type[Any], ...] = (),
-) -> Callable[[Any], Any]:
-    """Guard what an openai-style SDK returns: a Stream (closed through ``.response``), or a
-    raw response whose ``parse()`` gives the stream."""
+def is_iterator(result: Any) -> bool:
+    """An object whose class iterates, sync or async (a wrapt proxy's class does not: its
+    ``next()`` fails, and the iterator it wraps is found through ``__wrapped__``)."""
+    cls = type(result)
+    return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
 
-    def guard(result: Any) -> Any:
-        # ``result`` is typed Any on purpose: the SDK types are only known at run time.
-        if isinstance(result, sync_types):
-            return guarding.sync_stream(result, abort_closer(result.response, guarding.core))
-        core = guarding.core
-        if isinstance(result, async_types):
-            abort = socket_abort(result.response, core)
-            return guarding.async_stream(result, result.response.aclose, abort)
-        if isinstance(result, raw_types + async_raw_types):
-            http = result.http_response
-            if isinstance(result, async_raw_types) or _in_async_call.get():
-                # openai's async client returns a LegacyAPIResponse too: bind the async close.
-                core.bind_upstream(aclose=http.aclose, abort=socket_abort(http, core))
-            else:
-                core.bind_upstream(close=abort_closer(http, core))
-            return RawResponseGuard(result, core, guard)
-        from streamguard._engine.reasons import StopReason
 
-        # Not a stream after all (a mocked client, a new SDK type): leave it untouched.
-        guarding.core.request_stop(StopReason.COMPLETED, f"not a stream: {type(result).__name__}")
-        return result
+def is_async_iterator(result: Any) -> bool:
+    return hasattr(type(result), "__anext__")
 
-    return guard
+
+_MAX_LAYERS = 16  # more wrappers of one stream than any real stack of instrumentation has

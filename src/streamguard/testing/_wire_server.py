@@ -20,7 +20,11 @@ import uvicorn
 from streamguard.testing._wire_anthropic import MessagesWire, SessionEventsWire
 from streamguard.testing._wire_common import Finish, Turn, Wire, dumps, token_text
 from streamguard.testing._wire_gemini import GenerateContentWire
-from streamguard.testing._wire_mistral import MistralChatWire
+from streamguard.testing._wire_mistral import (
+    MistralChatWire,
+    MistralConversationWire,
+    MistralFimWire,
+)
 from streamguard.testing._wire_ollama import ChatWire, GenerateWire
 from streamguard.testing._wire_openai import ChatCompletionsWire, CompletionsWire, ResponsesWire
 from streamguard.testing._wire_openai_events import (
@@ -71,6 +75,7 @@ _RUN_PATH = re.compile(r"/v1/threads(/[^/]+)?/runs(/[^/]+/submit_tool_outputs)?"
 _SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/stream")
 # openai responses.retrieve(stream=True): the stored response, generated again on the clock.
 _RESPONSE_PATH = re.compile(r"/v1/responses/[^/]+")
+_CONVERSATION_PATH = re.compile(r"/mistral/v1/conversations/[^/]+(/restart)?")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -299,6 +304,9 @@ class App:
             "/v1/audio/transcriptions": TranscriptionWire(),
             "/v1/images/generations": ImageWire(),
             "/v1/images/edits": ImageEditWire(),
+            "/mistral/v1/agents/completions": MistralChatWire(),
+            "/mistral/v1/fim/completions": MistralFimWire(),
+            "/mistral/v1/conversations": MistralConversationWire(),
         }
         self.runs = RunWire()
         self.session_events = SessionEventsWire()
@@ -336,6 +344,8 @@ class App:
         match = _GEMINI_PATH.fullmatch(path)
         if match is not None:
             return self.gemini, match[2], match[3] == "streamGenerateContent"
+        if _CONVERSATION_PATH.fullmatch(path):  # append to, or restart, a conversation
+            return self.routes["/mistral/v1/conversations"], None, None
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -30,7 +30,8 @@ application does, and count what the upstream generated after that instant::
 What it serves (base URLs as each SDK wants them): OpenAI chat completions, legacy completions
 and Responses at ``up.openai_base_url``; Anthropic Messages at ``up.anthropic_base_url``; Ollama
 ``/api/chat`` and ``/api/generate`` at ``up.ollama_host``; Gemini ``generateContent`` and
-``streamGenerateContent`` at ``up.gemini_base_url``; Mistral chat at ``up.mistral_base_url``.
+``streamGenerateContent`` at ``up.gemini_base_url``; Mistral chat, agents, FIM and
+conversations (start, append, restart) at ``up.mistral_base_url`` (see ``_wire_mistral``).
 Also at ``up.openai_base_url``: audio transcriptions and image edits (multipart), image
 generation, and Assistants runs (``threads/runs``, ``threads/{id}/runs``,
 ``.../submit_tool_outputs``);
@@ -236,7 +237,8 @@ class Upstream:
 
     @property
     def mistral_base_url(self) -> str:
-        """For ``Mistral(server_url=...)``; the SDK appends ``/v1/chat/completions``."""
+        """For ``Mistral(server_url=...)``; the SDK appends ``/v1/chat/completions`` (or
+        ``/v1/agents/completions``, ``/v1/fim/completions``, ``/v1/conversations...``)."""
         return self.url + "/mistral"
 
     # -- records and faults ----------------------------------------------------------------

@@ -29,7 +29,14 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import abort_closer, call_guarded, socket_abort
+from streamguard.providers._calls import (
+    abort_closer,
+    call_guarded,
+    guard_found,
+    is_async_iterator,
+    is_iterator,
+    socket_abort,
+)
 from streamguard.providers.gemini._meter import GeminiMeter
 
 __all__ = ["GeminiPatcher"]
@@ -75,8 +82,10 @@ class _Upstream:
             return
         # ValueError: executing in another thread, its request in flight: the response hook
         # closes the response as soon as it arrives (closed is already set).
-        with contextlib.suppress(ValueError):
-            self.generator.close()
+        close = getattr(self.generator, "close", None)  # another layer's iterator may have none
+        if close is not None:
+            with contextlib.suppress(ValueError):
+                close()
 
     def abort(self) -> None:
         """Shut this stream's connection at once from any thread, before ``aclose`` gets to
@@ -94,8 +103,10 @@ class _Upstream:
             await _aclose_response(response)
             return
         # RuntimeError: running in another task, its request in flight (see close()).
-        with contextlib.suppress(RuntimeError):
-            await self.generator.aclose()
+        aclose = getattr(self.generator, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):
+                await aclose()
 
 
 async def _aclose_response(response: Any) -> None:
@@ -169,13 +180,17 @@ def _generate(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
 
     def guard(generator: Any) -> Any:
         upstream = _Upstream(generator, core)
-        if hasattr(generator, "__anext__"):
+        if is_async_iterator(generator):
             core.bind_upstream(aclose=upstream.aclose, abort=upstream.abort)
             return AsyncStreamGuard(generator, core, meter, _Reader(upstream))
         core.bind_upstream(close=upstream.close)
         return SyncStreamGuard(generator, core, meter, _Reader(upstream))
 
-    return call_guarded(wrapped, args, kwargs, core, guard)
+    # Whatever iterator reads the SDK's generator (its own, or another layer's around it), the
+    # guard closes the HTTP response it opens: any iterator can be guarded.
+    return call_guarded(
+        wrapped, args, kwargs, core, lambda result: guard_found(result, core, is_iterator, guard)
+    )
 
 
 def _streamed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -220,7 +235,7 @@ class GeminiPatcher(Patcher):
     distribution = "google-genai"
     # The targets and the private ``_request(http_request, http_options, stream)`` hooks are
     # the same from 2.0 (httpx) to 3.x (httpx2); tested on 2.0.0, 3.0.0 and 3.6.1
-    # (tests/test_gemini_mistral.py). 1.x is untested; 4.x may move the private hooks.
+    # (tests/providers, make compat). 1.x is untested; 4.x may move the private hooks.
     supported = ("2.0", "4")
 
     def targets(self) -> list[tuple[str, str, Any]]:

@@ -2,8 +2,10 @@
 
 Every streaming method sends its request at call time and returns an ``EventStream`` (sync) or
 ``EventStreamAsync`` whose ``response`` is the HTTP response: the guard is a proxy around it
-that closes that response. ``Chat.parse_stream`` calls ``Chat.stream`` (and the async twins
-likewise): the re-entrancy guard makes that one stream, one receipt.
+that closes that response. Under other instrumentation's wrapper the guard goes in under that
+wrapper (``guard_found``); a result that hides its stream gets no receipt and a warning.
+``Chat.parse_stream`` calls ``Chat.stream`` (and the async twins likewise): the re-entrancy
+guard makes that one stream, one receipt.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamguard.providers._base import Patcher, in_guarded_call, new_core
-from streamguard.providers._calls import Guarding, call_guarded, sdk_result_guard
+from streamguard.providers._calls import (
+    Guarding,
+    abort_closer,
+    call_guarded,
+    guard_found,
+    socket_abort,
+)
 from streamguard.providers.mistral._meters import CompletionMeter, ConversationMeter
 
 __all__ = ["MistralPatcher"]
@@ -66,7 +74,20 @@ def _wrapper(meter_type: type[CompletionMeter | ConversationMeter], describe: De
 def _guard_result(guarding: Guarding) -> Callable[[Any], Any]:
     from mistralai.client.utils.eventstreaming import EventStream, EventStreamAsync
 
-    return sdk_result_guard(guarding, sync_types=(EventStream,), async_types=(EventStreamAsync,))
+    core = guarding.core
+
+    def is_stream(result: Any) -> bool:
+        # The class itself, not isinstance: a wrapt proxy passes isinstance, and its stream is
+        # guarded under it instead (guard_found).
+        return issubclass(type(result), (EventStream, EventStreamAsync))
+
+    def guard(stream: Any) -> Any:
+        response = stream.response
+        if isinstance(stream, EventStreamAsync):
+            return guarding.async_stream(stream, response.aclose, socket_abort(response, core))
+        return guarding.sync_stream(stream, abort_closer(response, core))
+
+    return lambda result: guard_found(result, core, is_stream, guard)
 
 
 def _completion(operation: str) -> Describe:
@@ -92,7 +113,7 @@ class MistralPatcher(Patcher):
     name = "mistral_ai"
     distribution = "mistralai"
     # ``mistralai.client`` with EventStream(Async) from 2.0 (httpx) to 3.x (httpx2); tested on
-    # 2.0.0, 3.0.0 and 3.7.0 (tests/test_gemini_mistral.py). 1.x has another module layout.
+    # 2.0.0, 3.0.0 and 3.7.0 (tests/providers, make compat). 1.x has another module layout.
     supported = ("2.0", "4")
 
     def targets(self) -> list[tuple[str, str, Any]]:

@@ -22,7 +22,14 @@ from streamguard.providers._base import (
     in_guarded_call,
     new_core,
 )
-from streamguard.providers._calls import abort_closer, call_guarded, socket_abort
+from streamguard.providers._calls import (
+    abort_closer,
+    call_guarded,
+    guard_found,
+    is_async_iterator,
+    is_iterator,
+    socket_abort,
+)
 
 __all__ = ["OllamaMeter", "OllamaPatcher"]
 
@@ -82,8 +89,10 @@ class _Capture:
             abort_closer(self.response, self.core)()
             return
         # ValueError: executing in another thread before its request went out.
-        with contextlib.suppress(ValueError):
-            self.generator.close()
+        close = getattr(self.generator, "close", None)  # another layer's iterator may have none
+        if close is not None:
+            with contextlib.suppress(ValueError):
+                close()
 
     def abort(self) -> None:
         if self.response is not None:
@@ -94,8 +103,10 @@ class _Capture:
             await self.response.aclose()
             return
         # RuntimeError: running in another task before its request went out.
-        with contextlib.suppress(RuntimeError):
-            await self.generator.aclose()
+        aclose = getattr(self.generator, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):
+                await aclose()
 
 
 class _FirstReadCapture:
@@ -170,7 +181,7 @@ def _request(operation: str) -> Any:
             box = _Capture(generator, core)
             capture = _FirstReadCapture(box)
             guard: Any
-            if hasattr(generator, "__anext__"):
+            if is_async_iterator(generator):
                 core.bind_upstream(aclose=box.aclose, abort=box.abort)
                 guard = AsyncStreamGuard(generator, core, meter, capture)
             else:
@@ -179,7 +190,12 @@ def _request(operation: str) -> Any:
             capture.driver = weakref.ref(guard._self_driver)
             return guard
 
-        return call_guarded(wrapped, args, kwargs, core, guard)
+        # Any iterator reading the SDK's generator can be guarded: the guard closes the HTTP
+        # response the first read opens, whoever's iterator does that read.
+        def guard_result(result: Any) -> Any:
+            return guard_found(result, core, is_iterator, guard)
+
+        return call_guarded(wrapped, args, kwargs, core, guard_result)
 
     return wrapper
 
