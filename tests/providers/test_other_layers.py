@@ -56,9 +56,29 @@ METHODS = {
         "AsyncModels.generate_content_stream",
     ),
     "mistral_ai": ("mistralai.client.chat", "Chat.stream", "Chat.stream_async"),
+    # The entry points beyond chat (tests/providers/_adapters.py, their own block).
+    "openai.transcriptions": (
+        "openai.resources.audio.transcriptions",
+        "Transcriptions.create",
+        "AsyncTranscriptions.create",
+    ),
+    "openai.images": ("openai.resources.images", "Images.generate", "AsyncImages.generate"),
+    "openai.runs": ("openai.resources.beta.threads.runs.runs", "Runs.create", "AsyncRuns.create"),
+    "anthropic.sessions": (
+        "anthropic.resources.beta.sessions.events",
+        "Events.stream",
+        "AsyncEvents.stream",
+    ),
 }
 # The SDKs whose stream class StreamGuard guards in place: an opaque layer cannot hide it.
-IN_PLACE = {"openai", "anthropic"}
+IN_PLACE = {
+    "openai",
+    "anthropic",
+    "openai.transcriptions",
+    "openai.images",
+    "openai.runs",
+    "anthropic.sessions",
+}
 
 
 class SyncProxy(wrapt.ObjectProxy):
