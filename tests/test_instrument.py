@@ -9,8 +9,8 @@ import subprocess
 import sys
 import textwrap
 
-import openai
 import ollama
+import openai
 import openai._base_client
 import pytest
 
