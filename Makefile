@@ -229,6 +229,7 @@ frameworks: $(FRAMEWORKS_STAMP)
 # The soak tier (tests_soak): the overload scenario with the default 30 s stall timeout (5,000
 # concurrent readers, a CPU hog per core, the loop blocked 31 s), for the lag-aware stall clock
 # and against the old rule. ~2.5 minutes.
+LINTED += $(wildcard tests_soak)
 .PHONY: soak
 
 soak: $(STAMP)

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_overload import STREAMS, run_overload
-
 from streamguard._engine import looptimers
+from test_overload import STREAMS, run_overload
 
 pytestmark = pytest.mark.timeout(300)
 
