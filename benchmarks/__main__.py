@@ -39,6 +39,7 @@ JOBS: tuple[tuple[str, str], ...] = (
     ("concurrency", "sdk"),
     ("collector_down", "sdk"),
     ("money", "noop"),
+    ("long_lived", "noop"),
 )
 
 

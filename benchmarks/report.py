@@ -19,6 +19,7 @@ SECTIONS = (
     ("concurrency.", "6. Concurrent async streams"),
     ("money.", "7. Money and policy overhead per chunk"),
     ("collector_down.", "8. Collector down (OTLP endpoint dead)"),
+    ("long_lived.", "9. Long-lived task: memory per stream after warm-up"),
 )
 
 METHOD = """\
