@@ -72,8 +72,11 @@ def test_public_api_is_pinned() -> None:
 
 _RESTORES = """
 import openai, ollama, openai._base_client, warnings
+from ollama._client import AsyncClient, Client
 import streamguard
 PATCHED = [
+    (Client, "_request"),
+    (AsyncClient, "_request"),
     (openai._base_client.SyncAPIClient, "request"),
     (openai._base_client.AsyncAPIClient, "request"),
     (openai.Stream, "__init__"),
@@ -87,7 +90,7 @@ chat_before = ollama.chat
 streamguard.instrument()
 try:
     assert all(cls.__dict__[name] is not before[(cls, name)] for cls, name in PATCHED)
-    assert ollama.chat is not chat_before
+    assert ollama.chat is chat_before  # a bound method of the default client: guarded inside
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         streamguard.instrument()

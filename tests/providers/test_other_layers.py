@@ -49,7 +49,8 @@ METHODS = {
         "Messages.create",
         "AsyncMessages.create",
     ),
-    "ollama": ("ollama._client", "Client.chat", "AsyncClient.chat"),
+    # OpenLLMetry wraps ollama here, under the public methods, where StreamGuard guards it.
+    "ollama": ("ollama._client", "Client._request", "AsyncClient._request"),
     "gcp.gemini": (
         "google.genai.models",
         "Models.generate_content_stream",
