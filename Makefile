@@ -184,8 +184,9 @@ compat: $(addprefix compat-,$(COMPAT_ENVS))
 test-loops: $(STAMP)
 	STREAMGUARD_TEST_LOOPS=uvloop,trio $(PY) -m pytest -q tests/providers
 
-# The coexistence tier (issue 14): StreamGuard beside OpenLLMetry (openai, anthropic) and OTel's
-# openai-v2, in either instrumentation order and under opentelemetry-instrument (tests/coexist).
+# The coexistence tier (issue 14): StreamGuard beside OpenLLMetry (openai, anthropic, ollama) and
+# OTel's openai-v2, in either instrumentation order and under opentelemetry-instrument
+# (tests/coexist).
 # Its own venv (locked: requirements/coexist.txt): the peers register opentelemetry-instrument
 # entry points, which would change what the default suite's subprocess tests run. ~45 s.
 COEXIST_VENV  ?= .venv-coexist

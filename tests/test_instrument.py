@@ -13,14 +13,18 @@ import ollama
 import openai
 import openai._base_client
 import pytest
+from ollama._client import AsyncClient, Client
 
 import streamguard
 from streamguard.providers import all_patchers
 from streamguard.providers._base import Patcher
 from streamguard.testing import Upstream
 
-# openai is guarded where every request and every stream passes (providers/_stainless.py).
+# openai is guarded where every request and every stream passes (providers/_stainless.py),
+# ollama where every request passes (Client._request).
 PATCHED = [
+    (Client, "_request"),
+    (AsyncClient, "_request"),
     (openai._base_client.SyncAPIClient, "request"),
     (openai._base_client.AsyncAPIClient, "request"),
     (openai.Stream, "__init__"),
@@ -86,7 +90,7 @@ def test_uninstrument_restores_the_originals_exactly(otel, monkeypatch) -> None:
     streamguard.instrument()
     try:
         assert all(cls.__dict__[name] is not before[(cls, name)] for cls, name in PATCHED)
-        assert ollama.chat is not chat_before
+        assert ollama.chat is chat_before  # a bound method of the default client: guarded inside
         with pytest.warns(RuntimeWarning, match="already called"):
             streamguard.instrument()
     finally:

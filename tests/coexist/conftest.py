@@ -1,9 +1,10 @@
 """The coexistence tier (``make coexist``): StreamGuard beside other instrumentation of the same
-SDK methods, OpenLLMetry (``opentelemetry-instrumentation-openai`` / ``-anthropic``) and OTel's
-``opentelemetry-instrumentation-openai-v2``, in either order. Those packages come with the
-``coexist`` extra in their own venv (they also register ``opentelemetry-instrument`` entry
-points, which would change what the default suite's subprocess tests run); without them this
-directory is not collected.
+SDK methods, OpenLLMetry (``opentelemetry-instrumentation-openai`` / ``-anthropic`` /
+``-ollama``) and OTel's ``opentelemetry-instrumentation-openai-v2``, in either order. Those
+packages come with the ``coexist`` extra in their own venv (they also register
+``opentelemetry-instrument`` entry points, which would change what the default suite's
+subprocess tests run); without them this directory is not collected. A peer added later
+(ollama's) is skipped until the lock has it.
 """
 
 from __future__ import annotations

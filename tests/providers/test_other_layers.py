@@ -39,17 +39,11 @@ EXHAUST = 20
 LAYERS = ("proxy", "delegating", "opaque")
 # Where each SDK's public streaming method is, for the adapters' open(): (module, sync, async).
 METHODS = {
-    "openai": (
-        "openai.resources.chat.completions.completions",
-        "Completions.create",
-        "AsyncCompletions.create",
-    ),
-    "anthropic": (
-        "anthropic.resources.messages.messages",
-        "Messages.create",
-        "AsyncMessages.create",
-    ),
-    "ollama": ("ollama._client", "Client.chat", "AsyncClient.chat"),
+    # The packages that export the classes on every supported release (the modules moved).
+    "openai": ("openai.resources.chat", "Completions.create", "AsyncCompletions.create"),
+    "anthropic": ("anthropic.resources.messages", "Messages.create", "AsyncMessages.create"),
+    # OpenLLMetry wraps ollama here, under the public methods, where StreamGuard guards it.
+    "ollama": ("ollama._client", "Client._request", "AsyncClient._request"),
     "gcp.gemini": (
         "google.genai.models",
         "Models.generate_content_stream",

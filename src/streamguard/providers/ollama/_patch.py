@@ -1,5 +1,13 @@
 """Patch targets of the ollama SDK, its meter, and how its generators are closed.
 
+Every request of the ollama clients goes through ``Client._request`` / ``AsyncClient._request``
+(``chat``, ``generate``, the module-level ``ollama.chat`` bound to a default client, and any
+caller of the private method): StreamGuard guards the streaming chat and generate requests
+there, the choke point. Nothing else is patched on the clients, so other instrumentation of
+``chat``/``generate`` stays outside StreamGuard's layer whatever the order, and an
+uninstrument that removes wrappers of ``chat`` (OpenLLMetry's ollama instrumentation does,
+wrappers it never installed) cannot remove StreamGuard's.
+
 ollama returns plain generators that send the request on their first ``next()``. Closing a
 generator from another thread while it reads raises ("already executing"), so the guard
 captures the HTTP response the generator opens (a hook on ``httpx.Client.send``, active only
@@ -11,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from streamguard._engine.core import NOT_A_UNIT, StreamCore
@@ -157,47 +166,62 @@ class _FirstReadCapture:
         return await self.box.generator.__anext__()
 
 
-def _request(operation: str) -> Any:
-    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if kwargs.get("stream") is not True or in_guarded_call():
-            return wrapped(*args, **kwargs)
-        options = kwargs.get("options")
-        num_predict = None
-        if isinstance(options, dict):
-            num_predict = options.get("num_predict")
-        elif options is not None:
-            num_predict = getattr(options, "num_predict", None)
-        core = new_core(
-            PROVIDER,
-            kwargs,
-            operation=operation,
-            max_tokens=num_predict if isinstance(num_predict, int) and num_predict > 0 else None,
-            base_url=getattr(getattr(instance, "_client", None), "base_url", None),
-        )
-        meter = OllamaMeter(core, chat=operation == "chat")
-        core.text_of = meter.text
+# The streaming requests StreamGuard guards: URL path -> operation.
+_OPERATIONS = {"/api/chat": "chat", "/api/generate": "text_completion"}
 
-        def guard(generator: Any) -> Any:
-            box = _Capture(generator, core)
-            capture = _FirstReadCapture(box)
-            guard: Any
-            if is_async_iterator(generator):
-                core.bind_upstream(aclose=box.aclose, abort=box.abort)
-                guard = AsyncStreamGuard(generator, core, meter, capture)
-            else:
-                core.bind_upstream(close=box.close)
-                guard = SyncStreamGuard(generator, core, meter, capture)
-            capture.driver = weakref.ref(guard._self_driver)
-            return guard
 
-        # Any iterator reading the SDK's generator can be guarded: the guard closes the HTTP
-        # response the first read opens, whoever's iterator does that read.
-        def guard_result(result: Any) -> Any:
-            return guard_found(result, core, is_iterator, guard)
+def _operation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    # _request(cls, method, url, json=..., stream=...): the URL is the third argument.
+    url = args[2] if len(args) > 2 else kwargs.get("url")
+    return _OPERATIONS.get(url) if isinstance(url, str) else None
 
-        return call_guarded(wrapped, args, kwargs, core, guard_result)
 
-    return wrapper
+def _num_predict(body: Mapping[str, Any]) -> int | None:
+    options = body.get("options")
+    if isinstance(options, Mapping):
+        value = options.get("num_predict")
+    else:
+        value = getattr(options, "num_predict", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if kwargs.get("stream") is not True or in_guarded_call():
+        return wrapped(*args, **kwargs)
+    operation = _operation(args, kwargs)
+    if operation is None:  # pull, push, create: progress streams, not model output
+        return wrapped(*args, **kwargs)
+    body = kwargs.get("json")
+    body = body if isinstance(body, Mapping) else {}
+    core = new_core(
+        PROVIDER,
+        body,
+        operation=operation,
+        max_tokens=_num_predict(body),
+        base_url=getattr(getattr(instance, "_client", None), "base_url", None),
+    )
+    meter = OllamaMeter(core, chat=operation == "chat")
+    core.text_of = meter.text
+
+    def guard(generator: Any) -> Any:
+        box = _Capture(generator, core)
+        capture = _FirstReadCapture(box)
+        guard: Any
+        if is_async_iterator(generator):
+            core.bind_upstream(aclose=box.aclose, abort=box.abort)
+            guard = AsyncStreamGuard(generator, core, meter, capture)
+        else:
+            core.bind_upstream(close=box.close)
+            guard = SyncStreamGuard(generator, core, meter, capture)
+        capture.driver = weakref.ref(guard._self_driver)
+        return guard
+
+    # Any iterator reading the SDK's generator can be guarded: the guard closes the HTTP
+    # response the first read opens, whoever's iterator does that read.
+    def guard_result(result: Any) -> Any:
+        return guard_found(result, core, is_iterator, guard)
+
+    return call_guarded(wrapped, args, kwargs, core, guard_result)
 
 
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -226,38 +250,13 @@ class OllamaPatcher(Patcher):
     name = "ollama"
     distribution = "ollama"
     # 0.4.0 (on httpx 0.27) and the newest 0.6.x are both tested: `make compat` and `make test`.
+    # Both route chat and generate through ``_request(cls, method, url, json=, stream=)``.
     supported = ("0.4", "0.7")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._module_functions: dict[str, Any] = {}
 
     def targets(self) -> list[tuple[str, str, Any]]:
         return [
-            (_MODULE, "Client.chat", _request("chat")),
-            (_MODULE, "Client.generate", _request("text_completion")),
-            (_MODULE, "AsyncClient.chat", _request("chat")),
-            (_MODULE, "AsyncClient.generate", _request("text_completion")),
+            (_MODULE, "Client._request", _request),
+            (_MODULE, "AsyncClient._request", _request),
             ("httpx", "Client.send", _send),
             ("httpx", "AsyncClient.send", _async_send),
         ]
-
-    def after_patch(self) -> None:
-        # ``ollama.chat`` and ``ollama.generate`` were bound to a default client at import,
-        # before the class was patched: bind them again (PROVIDERS.md).
-        import ollama
-
-        default = getattr(ollama, "_client", None)
-        if default is None:
-            return
-        for name in ("chat", "generate"):
-            self._module_functions[name] = getattr(ollama, name)
-            setattr(ollama, name, getattr(default, name))
-
-    def unpatch(self) -> None:
-        import ollama
-
-        for name, original in self._module_functions.items():
-            setattr(ollama, name, original)
-        self._module_functions.clear()
-        super().unpatch()
