@@ -24,6 +24,7 @@ from streamguard.testing._wire_mistral import MistralChatWire
 from streamguard.testing._wire_ollama import ChatWire, GenerateWire
 from streamguard.testing._wire_openai import ChatCompletionsWire, CompletionsWire, ResponsesWire
 from streamguard.testing._wire_openai_events import (
+    AgentSessionWire,
     ImageEditWire,
     ImageWire,
     RunWire,
@@ -71,6 +72,7 @@ _RUN_PATH = re.compile(r"/v1/threads(/[^/]+)?/runs(/[^/]+/submit_tool_outputs)?"
 _SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/stream")
 # openai responses.retrieve(stream=True): the stored response, generated again on the clock.
 _RESPONSE_PATH = re.compile(r"/v1/responses/[^/]+")
+_AGENT_EVENTS_PATH = re.compile(r"/v1/agents/sessions/[^/]+/events")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -299,6 +301,7 @@ class App:
             "/v1/audio/transcriptions": TranscriptionWire(),
             "/v1/images/generations": ImageWire(),
             "/v1/images/edits": ImageEditWire(),
+            "/v1/agents/sessions": AgentSessionWire(),
         }
         self.runs = RunWire()
         self.session_events = SessionEventsWire()
@@ -326,6 +329,8 @@ class App:
                 return self.session_events, None, True
             if _RESPONSE_PATH.fullmatch(path):
                 return self.routes["/v1/responses"], None, None
+            if _AGENT_EVENTS_PATH.fullmatch(path):
+                return self.routes["/v1/agents/sessions"], None, True
             return None
         if method != "POST":
             return None
