@@ -316,8 +316,44 @@ class OpenAIRunsAdapter(_OpenAIEntryPoint):
         return "".join(block.text.value for block in chunk.data.delta.content or ())
 
 
+class OpenAIAgentSessionsAdapter(_OpenAIEntryPoint):
+    """``beta.agents.sessions.create(stream=True)``: the SDK's ``AgentSessionEventStream`` (a
+    ``Stream`` subclass); the model is named inside ``agent``; the session goes on without the
+    connection (a cut prevents nothing)."""
+
+    name = "openai.agents.sessions"
+    operation = "invoke_agent"
+    sends_max_tokens = False
+    prevents = False
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.agents.sessions.create(
+            environment={"type": "none"},
+            agent={"model": MODEL, "instructions": "count"},
+            input="slowly",
+            stream=True,
+            extra_headers=_length(max_tokens),
+        )
+
+    def text(self, chunk: Any) -> str | None:
+        return chunk.delta if chunk.type == "agent.session.turn.output_text.delta" else None
+
+
 # The other openai entry points (test_entry_points.py): the same guard, other request shapes.
 # ``helper`` adapters open the SDK's stream manager; the test enters it for its handler.
+
+
+class OpenAIAgentSessionEventsAdapter(OpenAIAgentSessionsAdapter):
+    """``beta.agents.sessions.events.stream(id)``: a GET naming no model (the session's
+    ``agent.session.created`` event does)."""
+
+    name = "openai.agents.sessions.events"
+    receipt_model = "upstream-agent"
+
+    def open(self, client: Any, max_tokens: int) -> Any:
+        return client.beta.agents.sessions.events.stream(
+            "asess_conformance", extra_headers=_length(max_tokens)
+        )
 
 
 class OpenAIImageEditAdapter(OpenAIImagesAdapter):
@@ -498,6 +534,7 @@ ADAPTERS: dict[str, Adapter] = {
         OpenAITranscriptionsAdapter(),
         OpenAIImagesAdapter(),
         OpenAIRunsAdapter(),
+        OpenAIAgentSessionsAdapter(),
         AnthropicSessionEventsAdapter(),
     )
 }
@@ -539,6 +576,7 @@ ENTRY_POINTS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
         OpenAIImageEditAdapter(),
+        OpenAIAgentSessionEventsAdapter(),
         OpenAIRunStreamAdapter(),
         OpenAIRunCreateAndStreamAdapter(),
         OpenAICreateAndRunAdapter(),

@@ -337,17 +337,66 @@ def _own_iterator(stream: Any) -> Any:
     stream (then dropping the stream frees it at once instead of at the next cyclic GC)."""
     it = stream.__dict__.get("_iterator")
     frame = getattr(it, "gi_frame", None) or getattr(it, "ag_frame", None)
-    if frame is None or frame.f_locals.get("self") is not stream or type(stream) not in _EXACT:
-        # Not a cycle, or a subclass (whose own __init__ may still set what a copy would miss).
-        return it
-    twin = copy.copy(stream)
-    twin.__dict__.pop("_iterator", None)
+    if frame is None or frame.f_locals.get("self") is not stream:
+        return it  # not a cycle
+    if type(stream) in _EXACT:
+        twin = copy.copy(stream)
+        twin.__dict__.pop("_iterator", None)
+    else:
+        # A subclass keeps state of its own, set later too (its __init__ after ours, cached
+        # properties such as openai's AgentSessionEventStream._collection): the twin shares
+        # the stream's very __dict__, so both see one state.
+        twin = object.__new__(type(stream))
+        twin.__dict__ = stream.__dict__
     fresh = twin.__stream__()  # the old one never started: dropping it runs nothing
     stream.__dict__["_iterator"] = fresh
     return fresh
 
 
 _EXACT: set[type] = set()  # the SDKs' own Stream and AsyncStream classes
+
+# The stream (its id: nothing here may hold it, pitfall 12) whose SDK iterator the guard is
+# reading in this context. A subclass's iterator may close its own stream when it ends
+# (openai's AgentSessionEventStream does, in a ``finally``): that close is the SDK's end of the
+# stream, not the consumer's, and goes to the SDK's close; the guard then sees the end itself.
+_reading: contextvars.ContextVar[int] = contextvars.ContextVar("streamguard_reading", default=0)
+
+
+class _Reading:
+    """A subclass's own iterator, read with ``_reading`` set to its stream."""
+
+    __slots__ = ("it", "key")
+
+    def __init__(self, stream: Any, it: Any) -> None:
+        self.it, self.key = it, id(stream)
+
+    def __iter__(self) -> _Reading:
+        return self
+
+    def __next__(self) -> Any:
+        token = _reading.set(self.key)
+        try:
+            return next(self.it)
+        finally:
+            _reading.reset(token)
+
+    def __aiter__(self) -> _Reading:
+        return self
+
+    async def __anext__(self) -> Any:
+        token = _reading.set(self.key)
+        try:
+            return await self.it.__anext__()
+        finally:
+            _reading.reset(token)
+
+
+def _source(stream: Any, it: Any) -> Any:
+    if it is None or type(stream) in _EXACT:
+        return it
+    frame = getattr(it, "gi_frame", None) or getattr(it, "ag_frame", None)
+    owner = frame.f_locals.get("self", stream) if frame is not None else stream
+    return _Reading(owner, it)  # the object the iterator runs on (a twin: _own_iterator)
 
 
 def _guard(stream: Any, request: Request, originals: dict[str, Any], is_async: bool) -> None:
@@ -361,7 +410,7 @@ def _guard(stream: Any, request: Request, originals: dict[str, Any], is_async: b
     hold = _Hold(stream, request)
     observed = hasattr(type(stream), "_observer")  # anthropic: the SDK's __next__ feeds its span
     if is_async:
-        source: Any = None if observed else _own_iterator(stream)
+        source: Any = None if observed else _source(stream, _own_iterator(stream))
         if source is None:
             source = _WeakANext(stream, originals["__anext__"])
         core.bind_upstream(
@@ -370,7 +419,7 @@ def _guard(stream: Any, request: Request, originals: dict[str, Any], is_async: b
         )
         driver: Any = async_driver(core, source, meter)
     else:
-        source = None if observed else _own_iterator(stream)
+        source = None if observed else _source(stream, _own_iterator(stream))
         if source is None:
             source = _WeakNext(stream, originals["__next__"])
         core.bind_upstream(close=_Close(hold, response, core, originals["close"]))
@@ -408,7 +457,7 @@ def _sync_methods(cls: type, sdk: StainlessSdk, classes: _Classes) -> None:
 
     def close(self: Any) -> None:
         driver = self._streamguard
-        if driver is None:
+        if driver is None or _reading.get() == id(self):
             sdk_close(self)
             return
         driver.close()  # shuts the socket, then runs the SDK's close; a second call is a no-op
@@ -449,7 +498,7 @@ def _async_methods(cls: type, sdk: StainlessSdk, classes: _Classes) -> None:
 
     async def close(self: Any) -> None:
         driver = self._streamguard
-        if driver is None:
+        if driver is None or _reading.get() == id(self):
             await sdk_close(self)
             return
         await driver.aclose()  # always closes the upstream, even when cancelled

@@ -27,7 +27,14 @@ from streamguard.testing._wire_common import (
 )
 from streamguard.testing._wire_openai import openai_error
 
-__all__ = ["ImageEditWire", "ImageWire", "RunWire", "TranscriptionWire", "image_text"]
+__all__ = [
+    "AgentSessionWire",
+    "ImageEditWire",
+    "ImageWire",
+    "RunWire",
+    "TranscriptionWire",
+    "image_text",
+]
 
 
 def _truthy(value: object) -> bool:
@@ -273,3 +280,96 @@ class ImageEditWire(ImageWire):
 
 def _text(value: str) -> dict[str, Any]:
     return {"value": value, "annotations": []}
+
+
+class AgentSessionWire(Wire):
+    """Agent sessions: ``POST /v1/agents/sessions`` with ``stream: true`` (a new session and its
+    first turn) and ``GET /v1/agents/sessions/{id}/events`` (the live events of one).
+
+    ``agent.session.created`` (the session, with its agent's model), ``agent.session.turn.
+    created``, one ``agent.session.turn.output_text.delta`` per token,
+    ``agent.session.turn.completed`` with the turn's usage and ``agent.session.idle``; then the
+    upstream ends the response (a live session would keep it open for the next turn). Input
+    tokens are the words of ``input`` and the agent's ``instructions``.
+    """
+
+    provider: ClassVar[str] = "openai"
+    api: ClassVar[str] = "agents.sessions"
+
+    def parse(
+        self, body: Mapping[str, Any], path_model: str | None, stream: bool | None
+    ) -> ParsedRequest:
+        agent = body.get("agent")
+        model = agent.get("model") if isinstance(agent, Mapping) else None
+        return ParsedRequest(
+            model=str(model or "upstream-agent"),
+            stream=bool(stream) or bool(body.get("stream")),
+            max_tokens=None,
+            input_tokens=input_tokens_of({**body, **(agent or {})}, "input", "instructions"),
+        )
+
+    @staticmethod
+    def _event(current: Turn, kind: str, **fields: Any) -> bytes:
+        # ``current``, not ``turn``: several events carry a field named ``turn``.
+        current.events += 1
+        event_id = f"evt_up{current.request_id}_{current.events}"
+        return sse({"type": kind, "event_id": event_id, **fields})
+
+    @staticmethod
+    def _ids(turn: Turn) -> dict[str, str]:
+        return {"session_id": f"asess_up{turn.request_id}", "turn_id": f"turn_up{turn.request_id}"}
+
+    def _turn(self, turn: Turn, status: str) -> dict[str, Any]:
+        ids = self._ids(turn)
+        return {"id": ids["turn_id"], "object": "agent.session.turn", "status": status}
+
+    def head(self, turn: Turn) -> list[bytes]:
+        ids = self._ids(turn)
+        session = {
+            "id": ids["session_id"],
+            "object": "agent.session",
+            "created_at": turn.created,
+            "status": "in_progress",
+            "agent": {"model": turn.model},
+        }
+        return [
+            self._event(turn, "agent.session.created", session=session),
+            self._event(turn, "agent.session.turn.created", **ids, turn=self._turn(turn, "queued")),
+        ]
+
+    def token(self, turn: Turn, index: int, text: str) -> bytes:
+        return self._event(
+            turn,
+            "agent.session.turn.output_text.delta",
+            **self._ids(turn),
+            item_id=f"msg_up{turn.request_id}",
+            output_index=0,
+            content_index=0,
+            delta=text,
+        )
+
+    def tail(self, turn: Turn) -> list[bytes]:
+        usage = {
+            "input_tokens": turn.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": turn.generated,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": turn.input_tokens + turn.generated,
+        }
+        ids = self._ids(turn)
+        return [
+            self._event(
+                turn,
+                "agent.session.turn.completed",
+                **ids,
+                turn=self._turn(turn, "completed"),
+                usage=usage,
+            ),
+            self._event(turn, "agent.session.idle", session_id=ids["session_id"]),
+        ]
+
+    def whole(self, turn: Turn) -> dict[str, Any]:
+        return {"id": self._ids(turn)["session_id"], "object": "agent.session", "status": "idle"}
+
+    def error(self, status: int, message: str) -> dict[str, Any]:
+        return openai_error(status, message)

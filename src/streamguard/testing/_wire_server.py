@@ -28,6 +28,7 @@ from streamguard.testing._wire_mistral import (
 from streamguard.testing._wire_ollama import ChatWire, GenerateWire
 from streamguard.testing._wire_openai import ChatCompletionsWire, CompletionsWire, ResponsesWire
 from streamguard.testing._wire_openai_events import (
+    AgentSessionWire,
     ImageEditWire,
     ImageWire,
     RunWire,
@@ -76,6 +77,7 @@ _SESSION_EVENTS_PATH = re.compile(r"/v1/sessions/[^/]+(/events|/threads/[^/]+)/s
 # openai responses.retrieve(stream=True): the stored response, generated again on the clock.
 _RESPONSE_PATH = re.compile(r"/v1/responses/[^/]+")
 _CONVERSATION_PATH = re.compile(r"/mistral/v1/conversations/[^/]+(/restart)?")
+_AGENT_EVENTS_PATH = re.compile(r"/v1/agents/sessions/[^/]+/events")
 _GEMINI_PATH = re.compile(r"/(v1[a-z0-9]*)/models/([^/:]+):(streamGenerateContent|generateContent)")
 
 
@@ -307,6 +309,7 @@ class App:
             "/mistral/v1/agents/completions": MistralChatWire(),
             "/mistral/v1/fim/completions": MistralFimWire(),
             "/mistral/v1/conversations": MistralConversationWire(),
+            "/v1/agents/sessions": AgentSessionWire(),
         }
         self.runs = RunWire()
         self.session_events = SessionEventsWire()
@@ -334,6 +337,8 @@ class App:
                 return self.session_events, None, True
             if _RESPONSE_PATH.fullmatch(path):
                 return self.routes["/v1/responses"], None, None
+            if _AGENT_EVENTS_PATH.fullmatch(path):
+                return self.routes["/v1/agents/sessions"], None, True
             return None
         if method != "POST":
             return None

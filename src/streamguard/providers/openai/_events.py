@@ -183,7 +183,14 @@ class AgentSessionMeter:
                 )
             self.core.finish_reasons.append("completed")
         elif kind == "agent.session.created" and self.core.response_id is None:
-            self.core.response_id = getattr(getattr(event, "session", None), "id", None)
+            session = getattr(event, "session", None)
+            core = self.core
+            core.response_id = getattr(session, "id", None)
+            model = getattr(getattr(session, "agent", None), "model", None)
+            if isinstance(model, str) and model:
+                core.response_model = model
+                if core.model is None:
+                    core.model = model  # the request names it inside ``agent``
         return NOT_A_UNIT
 
     @staticmethod

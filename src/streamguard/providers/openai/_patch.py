@@ -17,6 +17,7 @@ from streamguard._engine.drivers import Meter
 from streamguard._runtime import get_runtime
 from streamguard.providers._base import Patcher
 from streamguard.providers._stainless import (
+    Request,
     StainlessSdk,
     helper_close,
     install,
@@ -118,6 +119,12 @@ class _OpenAI(StainlessSdk):
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
         return _max_tokens(body)
+
+    def _request(self, url: str, body: dict[str, Any], client: Any, hidden: bool) -> Request:
+        agent = body.get("agent")
+        if "model" not in body and isinstance(agent, dict) and isinstance(agent.get("model"), str):
+            body = {**body, "model": agent["model"]}  # agent sessions name it there (not sent)
+        return super()._request(url, body, client, hidden)
 
 
 class OpenAIPatcher(Patcher):
