@@ -209,6 +209,7 @@ async def _capture_async(sending: Any, box: _Capture) -> Any:
 class OllamaPatcher(Patcher):
     name = "ollama"
     distribution = "ollama"
+    module = "ollama"
     # 0.4.0 (on httpx 0.27) and the newest 0.6.x are both tested: `make compat` and `make test`.
     supported = ("0.4", "0.7")
 
