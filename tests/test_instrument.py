@@ -102,6 +102,43 @@ def test_uninstrument_restores_the_originals_exactly(otel, monkeypatch) -> None:
     assert not streamguard.is_instrumented()
 
 
+_LAZY = """
+import sys
+import streamguard
+
+sdks = ("openai", "anthropic", "ollama", "google.genai", "mistralai")
+streamguard.instrument()
+assert not [m for m in sdks if m in sys.modules], [m for m in sdks if m in sys.modules]
+import openai  # the application imports its SDK after instrument(): patched then
+
+assert "__wrapped__" in dir(openai.Stream.__dict__["__next__"]), "openai was not patched"
+assert "anthropic" not in sys.modules
+streamguard.uninstrument()
+assert "__wrapped__" not in dir(openai.Stream.__dict__["__next__"])
+import anthropic  # imported after uninstrument(): its hook must not patch it
+
+assert "__wrapped__" not in dir(anthropic.Stream.__dict__["__next__"])
+streamguard.instrument()  # already imported: patched at once
+assert "__wrapped__" in dir(anthropic.Stream.__dict__["__next__"])
+assert "__wrapped__" in dir(openai.Stream.__dict__["__next__"])
+streamguard.uninstrument()
+print("lazy")
+"""
+
+
+def test_instrument_patches_an_sdk_when_the_application_imports_it() -> None:
+    """In a fresh process: instrument() imports no SDK; each is patched on its import, or at
+    once when it was imported before; after uninstrument() a later import stays unpatched."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LAZY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "STREAMGUARD_SIGNING_KEY": "ab" * 32},
+    )
+    assert result.stdout.strip() == "lazy", result.stdout + result.stderr
+
+
 def test_bad_option_fails_at_instrument_and_patches_nothing() -> None:
     original = openai.Stream.__dict__["__next__"]
     with pytest.raises(streamguard.ConfigurationError, match="STREAMGUARD_STALL_TIMEOUT"):

@@ -332,6 +332,8 @@ class Patcher:
 
     name = "sdk"
     distribution = "sdk"
+    #: The SDK's top-level package: ``instrument()`` patches when the application imports it.
+    module = ""
     supported: tuple[str, str] = ("0", "999")  # [min, max) as version strings
 
     def targets(self) -> list[tuple[str, str, Wrapper]]:

@@ -107,6 +107,7 @@ class _Anthropic(StainlessSdk):
 class AnthropicPatcher(Patcher):
     name = "anthropic"
     distribution = "anthropic"
+    module = "anthropic"
     # Every release line: 0.x (0.40 to 0.125, whose Stream passes isinstance only as the exact
     # class), 1.x and 2.x; the ends of each are tested in `make compat`.
     supported = ("0.40", "3")

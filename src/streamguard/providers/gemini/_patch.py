@@ -233,6 +233,7 @@ async def _capture_async(
 class GeminiPatcher(Patcher):
     name = "gcp.gemini"
     distribution = "google-genai"
+    module = "google.genai"
     # The targets and the private ``_request(http_request, http_options, stream)`` hooks are
     # the same from 2.0 (httpx) to 3.x (httpx2); tested on 2.0.0, 3.0.0 and 3.6.1
     # (tests/providers, make compat). 1.x is untested; 4.x may move the private hooks.

@@ -112,6 +112,7 @@ def _conversation(kwargs: Mapping[str, Any]) -> tuple[str, str | None, int | Non
 class MistralPatcher(Patcher):
     name = "mistral_ai"
     distribution = "mistralai"
+    module = "mistralai"
     # ``mistralai.client`` with EventStream(Async) from 2.0 (httpx) to 3.x (httpx2); tested on
     # 2.0.0, 3.0.0 and 3.7.0 (tests/providers, make compat). 1.x has another module layout.
     supported = ("2.0", "4")

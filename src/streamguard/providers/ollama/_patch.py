@@ -249,6 +249,7 @@ async def _capture_async(sending: Any, box: _Capture) -> Any:
 class OllamaPatcher(Patcher):
     name = "ollama"
     distribution = "ollama"
+    module = "ollama"
     # 0.4.0 (on httpx 0.27) and the newest 0.6.x are both tested: `make compat` and `make test`.
     # Both route chat and generate through ``_request(cls, method, url, json=, stream=)``.
     supported = ("0.4", "0.7")

@@ -130,6 +130,7 @@ class _OpenAI(StainlessSdk):
 class OpenAIPatcher(Patcher):
     name = "openai"
     distribution = "openai"
+    module = "openai"
     # 1.40.0 (chat Completions in a module, no Responses API) and the newest 3.x are both
     # tested: `make compat` and `make test`.
     supported = ("1.40", "4")
