@@ -58,6 +58,11 @@ METHODS = {
     ),
     "openai.images": ("openai.resources.images", "Images.generate", "AsyncImages.generate"),
     "openai.runs": ("openai.resources.beta.threads.runs.runs", "Runs.create", "AsyncRuns.create"),
+    "openai.agents.sessions": (
+        "openai.resources.beta.agents.sessions.sessions",
+        "Sessions.create",
+        "AsyncSessions.create",
+    ),
     "anthropic.sessions": (
         "anthropic.resources.beta.sessions.events",
         "Events.stream",
@@ -71,6 +76,7 @@ IN_PLACE = {
     "openai.transcriptions",
     "openai.images",
     "openai.runs",
+    "openai.agents.sessions",
     "anthropic.sessions",
 }
 
