@@ -54,6 +54,15 @@ def _agent(up: Upstream) -> Any:
     return agent
 
 
+def has_bridge() -> bool:
+    """Whether this pydantic-ai runs sync streams on its bridge (a context manager whose exit and
+    whose dropped iterators close the pump). Older releases drive the run with
+    ``loop.run_until_complete(anext(...))`` per item and never close the async iterator."""
+    from pydantic_ai.result import StreamedRunResultSync
+
+    return hasattr(StreamedRunResultSync, "__enter__")
+
+
 def in_worker(body: Callable[[], T]) -> T:
     """``body`` on a thread of its own (no event loop running there), as a sync server runs it."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -76,8 +85,8 @@ def test_run_stream_sync_complete_run_gets_completed_with_server_usage(
     agent = _agent(up)
 
     def run() -> str:
-        with agent.run_stream_sync(PROMPT, model_settings={"max_tokens": SHORT}) as result:
-            return "".join(result.stream_text(delta=True))
+        result = agent.run_stream_sync(PROMPT, model_settings={"max_tokens": SHORT})
+        return "".join(result.stream_text(delta=True))
 
     assert in_worker(run).split() == [f"w{i}" for i in range(SHORT)]
     completed_with_server_usage(guarded, the_record(up), provider="openai")
@@ -110,9 +119,20 @@ def test_run_stream_sync_break_and_keep_is_stopped_by_the_stall_timer(
 
 
 def test_run_stream_sync_break_and_drop_stops_the_upstream_at_once(
-    up: Upstream, guarded: InMemoryReceiptSink
+    up: Upstream, guarded: InMemoryReceiptSink, request: pytest.FixtureRequest
 ) -> None:
     agent = _agent(up)
+    if not has_bridge():
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "product bug (same cause as break+keep): this pydantic-ai never closes the "
+                    "async iterator of a dropped sync one and its loop stops, so neither "
+                    "pydantic-ai nor StreamGuard's loop timers close the model stream"
+                ),
+            )
+        )
 
     def run() -> int:
         result = agent.run_stream_sync(PROMPT, model_settings={"max_tokens": LONG})
@@ -132,6 +152,8 @@ def test_run_stream_sync_leaving_the_with_block_stops_the_upstream_at_once(
     up: Upstream, guarded: InMemoryReceiptSink
 ) -> None:
     agent = _agent(up)
+    if not has_bridge():
+        pytest.skip("this pydantic-ai's StreamedRunResultSync is no context manager")
 
     def run() -> int:
         with agent.run_stream_sync(PROMPT, model_settings={"max_tokens": LONG}) as result:
