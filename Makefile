@@ -254,3 +254,29 @@ $(DEPLOY_STAMP): pyproject.toml | $(PY)
 
 deploy: $(DEPLOY_STAMP) system-deps
 	$(DEPLOY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_uwsgi_celery.py
+
+# The frameworks tier at the oldest end of every framework range (issue 14): the same tests as
+# `make frameworks`, in a venv locked from requirements/frameworks-oldest.in (== pins of each
+# framework's oldest supported release; everything else the newest that fits). `make lock`
+# re-locks it with the others (the prerequisite below). ~70 s.
+FRAMEWORKS_OLDEST_VENV  ?= .venv-frameworks-oldest
+FRAMEWORKS_OLDEST_LOCK  := requirements/frameworks-oldest.txt
+FRAMEWORKS_OLDEST_STAMP := $(FRAMEWORKS_OLDEST_VENV)/.installed
+
+.PHONY: frameworks-oldest lock-frameworks-oldest
+
+lock: lock-frameworks-oldest
+lock-frameworks-oldest: $(PY)
+	$(UV_COMPILE) $(LOCK_FLAGS) -o $(FRAMEWORKS_OLDEST_LOCK) pyproject.toml requirements/tools.in \
+		requirements/frameworks-oldest.in --extra frameworks
+
+$(FRAMEWORKS_OLDEST_STAMP): $(FRAMEWORKS_OLDEST_LOCK) pyproject.toml | $(PY)
+	rm -rf $(FRAMEWORKS_OLDEST_VENV)
+	$(UV) venv -q -p $(PYTHON) $(FRAMEWORKS_OLDEST_VENV)
+	echo '*' > $(FRAMEWORKS_OLDEST_VENV)/.gitignore
+	$(call uv_sync,$(FRAMEWORKS_OLDEST_VENV),$(FRAMEWORKS_OLDEST_LOCK))
+	touch $@
+
+frameworks-oldest: $(FRAMEWORKS_OLDEST_STAMP)
+	$(FRAMEWORKS_OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		-p no:unraisableexception tests/frameworks

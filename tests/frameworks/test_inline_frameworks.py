@@ -58,7 +58,11 @@ def _langchain_ollama(up: Upstream, tokens: int) -> Any:
 def _llamaindex(up: Upstream, tokens: int) -> Any:
     mod = pytest.importorskip("llama_index.llms.openai")
     return mod.OpenAI(
-        model="gpt-4o-mini", api_base=up.openai_base_url, api_key="test", max_tokens=tokens
+        # gpt-3.5-turbo: a model every llama-index-llms-openai release knows (it checks names).
+        model="gpt-3.5-turbo",
+        api_base=up.openai_base_url,
+        api_key="test",
+        max_tokens=tokens,
     )
 
 
