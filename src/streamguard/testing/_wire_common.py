@@ -138,3 +138,16 @@ class Wire:
     def malformed(self) -> bytes:
         """A frame whose payload is not valid JSON."""
         return b'data: {"malformed": \n\n'
+
+
+def plan(requested: int | None, natural: int | None, default: int, cap: int) -> tuple[int, Finish]:
+    """How many tokens a turn has and why it ends."""
+    n: int
+    finish: Finish
+    if natural is None:
+        n, finish = (default, "stop") if requested is None else (requested, "length")
+    elif requested is not None and requested <= natural:
+        n, finish = requested, "length"
+    else:
+        n, finish = natural, "stop"
+    return (cap, "length") if n > cap else (n, finish)

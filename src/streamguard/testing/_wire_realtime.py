@@ -25,7 +25,13 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from streamguard.testing._wire_common import Turn, input_tokens_of, positive_int, token_text
+from streamguard.testing._wire_common import (
+    Turn,
+    input_tokens_of,
+    plan,
+    positive_int,
+    token_text,
+)
 from streamguard.testing._wire_openai import ResponsesWire
 from streamguard.testing._wire_records import RequestRecord
 
@@ -129,8 +135,6 @@ class Session:
         up = self.app.up
         requested = positive_int(params.get("max_output_tokens"))
         natural = self.headers.get("x-upstream-tokens")
-        from streamguard.testing._wire_server import plan
-
         n_tokens, finish = plan(
             requested,
             int(natural) if natural is not None else None,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from streamguard.testing._wire_anthropic import MessagesWire, SessionEventsWire
-from streamguard.testing._wire_common import Finish, Turn, Wire, dumps, token_text
+from streamguard.testing._wire_common import Turn, Wire, dumps, plan, token_text
 from streamguard.testing._wire_gemini import GenerateContentWire
 from streamguard.testing._wire_mistral import MistralChatWire
 from streamguard.testing._wire_ollama import ChatWire, GenerateWire
@@ -39,19 +39,6 @@ if TYPE_CHECKING:
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-def plan(requested: int | None, natural: int | None, default: int, cap: int) -> tuple[int, Finish]:
-    """How many tokens a turn has and why it ends."""
-    n: int
-    finish: Finish
-    if natural is None:
-        n, finish = (default, "stop") if requested is None else (requested, "length")
-    elif requested is not None and requested <= natural:
-        n, finish = requested, "length"
-    else:
-        n, finish = natural, "stop"
-    return (cap, "length") if n > cap else (n, finish)
 
 
 class _End:
