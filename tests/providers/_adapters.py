@@ -34,6 +34,9 @@ class Adapter:
     #: Whether cutting the stream stops the generation (False for a server-side run or session
     #: that goes on without the connection: the receipt then prevents nothing).
     prevents: ClassVar[bool] = True
+    #: ``"module:attribute"`` that the entry point needs; an SDK release without it (the
+    #: oldest ends in `make compat`) skips the adapter, naming what is missing.
+    requires: ClassVar[str] = ""
     #: Whether ``open`` returns the SDK's stream manager (``with`` gives the event handler).
     helper: ClassVar[bool] = False
     #: Importable module of the SDK; the provider is skipped when it is missing.
@@ -54,6 +57,17 @@ class Adapter:
 
     def sdk(self) -> Any:
         return importlib.import_module(self.module)
+
+    def missing(self) -> str | None:
+        """What the installed SDK lacks for this entry point (None: nothing)."""
+        if not self.requires:
+            return None
+        module_name, _, attribute = self.requires.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return self.requires
+        return None if hasattr(module, attribute) else self.requires
 
     def client(self, up: Upstream, is_async: bool) -> Any:
         raise NotImplementedError
@@ -252,6 +266,7 @@ class _OpenAIEntryPoint(OpenAIAdapter):
 
 class OpenAITranscriptionsAdapter(_OpenAIEntryPoint):
     name = "openai.transcriptions"
+    requires = "openai.types.audio:TranscriptionStreamEvent"
     operation = "transcription"
     sends_max_tokens = False
 
@@ -272,6 +287,7 @@ class OpenAIImagesAdapter(_OpenAIEntryPoint):
     """Each upstream token is one partial image whose bytes are the token's text."""
 
     name = "openai.images"
+    requires = "openai.types:ImageGenStreamEvent"
     operation = "image_generation"
     sends_max_tokens = False
 
@@ -295,6 +311,7 @@ class OpenAIRunsAdapter(_OpenAIEntryPoint):
     that goes on when its stream's connection closes, so a cut prevents nothing."""
 
     name = "openai.runs"
+    requires = "openai.types.beta:AssistantStreamEvent"
     operation = "invoke_agent"
     prevents = False
 
@@ -322,6 +339,7 @@ class OpenAIAgentSessionsAdapter(_OpenAIEntryPoint):
     connection (a cut prevents nothing)."""
 
     name = "openai.agents.sessions"
+    requires = "openai.resources.beta.agents:Sessions"
     operation = "invoke_agent"
     sends_max_tokens = False
     prevents = False
@@ -358,6 +376,7 @@ class OpenAIAgentSessionEventsAdapter(OpenAIAgentSessionsAdapter):
 
 class OpenAIImageEditAdapter(OpenAIImagesAdapter):
     name = "openai.images.edit"
+    requires = "openai.types:ImageEditStreamEvent"
     operation = "image_edit"
 
     def open(self, client: Any, max_tokens: int) -> Any:
@@ -466,6 +485,7 @@ class OpenAISubmitToolOutputsStreamAdapter(OpenAISubmitToolOutputsAdapter):
 
 class OpenAIBetaResponsesAdapter(_OpenAIEntryPoint):
     name = "openai.beta.responses"
+    requires = "openai.resources.beta.responses:Responses"
 
     def open(self, client: Any, max_tokens: int) -> Any:
         return client.beta.responses.create(
@@ -480,6 +500,7 @@ class OpenAIResponsesRetrieveAdapter(OpenAIBetaResponsesAdapter):
     """``responses.retrieve(id, stream=True)``: a stored response, no model or limit named."""
 
     name = "openai.responses.retrieve"
+    requires = "openai.types.responses:ResponseStreamEvent"
     sends_max_tokens = False
     receipt_model = "upstream-stored-model"
 
@@ -491,6 +512,7 @@ class OpenAIResponsesRetrieveAdapter(OpenAIBetaResponsesAdapter):
 
 class OpenAIBetaResponsesRetrieveAdapter(OpenAIResponsesRetrieveAdapter):
     name = "openai.beta.responses.retrieve"
+    requires = "openai.resources.beta.responses:Responses"
 
     def open(self, client: Any, max_tokens: int) -> Any:
         return client.beta.responses.retrieve(
@@ -506,6 +528,7 @@ class AnthropicSessionEventsAdapter(AnthropicAdapter):
     model and no limit; the session goes on without the connection (a cut prevents nothing)."""
 
     name = "anthropic.sessions"
+    requires = "anthropic.resources.beta.sessions:Sessions"
     provider = "anthropic"
     operation = "invoke_agent"
     receipt_model = None
@@ -542,6 +565,7 @@ ADAPTERS: dict[str, Adapter] = {
 
 class AnthropicSessionThreadEventsAdapter(AnthropicSessionEventsAdapter):
     name = "anthropic.sessions.threads"
+    requires = "anthropic.resources.beta.sessions:Threads"
 
     def open(self, client: Any, max_tokens: int) -> Any:
         return client.beta.sessions.threads.events.stream(
@@ -557,6 +581,7 @@ class AnthropicBedrockSessionEventsAdapter(AnthropicSessionEventsAdapter):
     resource is built on the client, as a client that exposes it would."""
 
     name = "anthropic.bedrock.sessions"
+    requires = "anthropic.resources.beta.bedrock:Bedrock"
 
     def open(self, client: Any, max_tokens: int) -> Any:
         from anthropic.resources.beta.bedrock import AsyncBedrock, Bedrock

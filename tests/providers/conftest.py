@@ -102,6 +102,8 @@ def adapter_or_skip(name: str, loop: str = "asyncio") -> Adapter:
     pytest.importorskip(adapter.module, reason=f"the {name} SDK is not installed")
     if adapter.receipt_provider not in {patcher.name for patcher in all_patchers()}:
         pytest.skip(f"StreamGuard has no {name} patcher yet (streamguard.providers.all_patchers)")
+    if (missing := adapter.missing()) is not None:
+        pytest.skip(f"this {adapter.module} release has no {missing}")
     if loop == "trio" and adapter.asyncio_only:
         pytest.skip(f"{name} runs on asyncio only: {adapter.asyncio_only}")
     return adapter
