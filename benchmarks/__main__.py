@@ -39,6 +39,9 @@ JOBS: tuple[tuple[str, str], ...] = (
     ("concurrency", "sdk"),
     ("collector_down", "sdk"),
     ("money", "noop"),
+    ("floor", "noop"),
+    ("floor", "sdk"),
+    ("peers", "sdk"),
 )
 
 
