@@ -280,3 +280,16 @@ $(FRAMEWORKS_OLDEST_STAMP): $(FRAMEWORKS_OLDEST_LOCK) pyproject.toml | $(PY)
 frameworks-oldest: $(FRAMEWORKS_OLDEST_STAMP)
 	$(FRAMEWORKS_OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider \
 		-p no:unraisableexception tests/frameworks
+# --- Benchmark peers (issue 16; added by h16; the lead wires it) ---------------------------
+# A venv with the bench-peers extra (OpenLLMetry openai/anthropic/ollama, OTel openai-v2):
+# benchmarks/peers.py measures them beside StreamGuard from it (`make bench` skips the peers,
+# saying so, without it). Their entry points must not reach .venv. Not locked yet. ~30 s.
+PEERS_VENV ?= .venv-peers
+
+.PHONY: bench-peers-venv
+
+bench-peers-venv: $(STAMP)
+	rm -rf $(PEERS_VENV)
+	$(UV) venv -q -p $(PYTHON) $(PEERS_VENV)
+	echo '*' > $(PEERS_VENV)/.gitignore
+	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install -q -e '.[test,bench-peers]'

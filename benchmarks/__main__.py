@@ -40,6 +40,9 @@ JOBS: tuple[tuple[str, str], ...] = (
     ("collector_down", "sdk"),
     ("money", "noop"),
     ("long_lived", "noop"),
+    ("floor", "noop"),
+    ("floor", "sdk"),
+    ("peers", "sdk"),
 )
 
 

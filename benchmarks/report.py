@@ -20,6 +20,8 @@ SECTIONS = (
     ("money.", "7. Money and policy overhead per chunk"),
     ("collector_down.", "8. Collector down (OTLP endpoint dead)"),
     ("long_lived.", "9. Long-lived task: memory per stream after warm-up"),
+    ("floor.", "10. Cost at the floor: CPU time against the bare SDK and a do-nothing proxy"),
+    ("peers.", "11. Peers (OpenLLMetry, OTel openai-v2) beside the floor, OTel SDK"),
 )
 
 METHOD = """\
@@ -322,6 +324,8 @@ def render(doc: dict[str, Any]) -> str:
         if not figs:
             continue
         out += [f"## {title}", ""]
+        if prefix == "floor.":
+            out += [*_side_by_side(doc), ""]
         medians = [f for f in figs if "p99" not in f]
         latencies = [f for f in figs if "p99" in f]
         if medians:
@@ -348,3 +352,51 @@ def render(doc: dict[str, Any]) -> str:
 if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as f:
         sys.stdout.write(render(json.load(f)))
+
+
+_COLUMNS = (
+    ("floor.noop", "floor (do-nothing proxy)"),
+    ("guarded.noop", "StreamGuard, OTel API"),
+    ("guarded.sdk", "StreamGuard, OTel SDK"),
+    ("openllmetry.sdk", "OpenLLMetry, OTel SDK"),
+    ("otel-openai-v2.sdk", "OTel openai-v2, OTel SDK"),
+)
+
+
+def _side_by_side(doc: dict[str, Any]) -> list[str]:
+    """Benchmarks 9 and 10 in one table: per SDK, mode and stream shape, what each variant adds
+    to the bare SDK (its own same-run baseline) and the ratio."""
+    rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for _job, fig in _figures(doc):
+        parts = fig["id"].split(".")
+        if parts[0] not in ("floor", "peers") or parts[1] == "startup":
+            continue
+        shape, provider, mode = parts[1], ".".join(parts[2:-3]), parts[-3]
+        variant = ".".join(parts[-2:])
+        if parts[0] == "peers" and parts[-2] == "floor":
+            continue  # the in-process floor (benchmark 9) is the one shown
+        rows.setdefault((shape, provider, mode), {})[variant] = fig
+    if not rows:
+        return []
+    head = "| stream | SDK | mode | bare | " + " | ".join(t for _k, t in _COLUMNS) + " |"
+    out = [
+        "Added CPU time per chunk (1,000-chunk streams, ns) and per 1-chunk stream (us), and the "
+        "ratio to the bare SDK measured beside it (median of paired ratios). Goals: <= 500 ns "
+        "and <= 1.05 per chunk; <= 100 us per stream with the OTel SDK.",
+        "",
+        head,
+        "|" + "---|" * (4 + len(_COLUMNS)),
+    ]
+    for (shape, provider, mode), cells in sorted(rows.items()):
+        base = next(iter(cells.values()))
+        line = f"| {'per chunk' if shape == 'chunk' else '1-chunk'} | {provider} | {mode} | "
+        line += f"{num(base['baseline'])} {base['unit'].split()[-1]} |"
+        for key, _title in _COLUMNS:
+            fig = cells.get(key)
+            if fig is None:
+                line += " - |"
+                continue
+            sign = "+" if fig["added"] >= 0 else ""
+            line += f" {sign}{num(fig['added'])} (x{fig['ratio']:.3f}) |"
+        out.append(line)
+    return out

@@ -74,6 +74,8 @@ class Telemetry:
         self._version = version
         self._lock = threading.Lock()
         self._ready = False
+        # (provider, model, outcome, reason, category, error type) -> attribute sets.
+        self._sets: dict[tuple[str, ...], _AttributeSets] = {}
 
     def _setup(self) -> None:
         with self._lock:
@@ -238,35 +240,30 @@ class Telemetry:
     ) -> None:
         if not _metrics_installed():
             return  # no meter provider: the API would drop every point; skip building them
-        stream_attrs = {**base, n.OUTCOME: outcome, n.STOP_REASON: reason}
-        if category:
-            stream_attrs[n.STOP_CATEGORY] = category
-        self.streams.add(1, stream_attrs)
-        self.receipts.add(
-            1, {n.OUTCOME: outcome, n.RESULT: "emitted" if receipt is not None else "failed"}
-        )
+        error = (core.error_type or "upstream_error") if outcome == "failed" else ""
+        sets = self._attribute_sets(base, outcome, reason, category, error)
+        self.streams.add(1, sets.stream)
+        self.receipts.add(1, sets.emitted if receipt is not None else sets.failed)
         end = core.t_upstream_closed or core.t_stop_requested or core.t_started
-        duration_attrs = dict(base)
-        if outcome == "failed":
-            duration_attrs[n.ERROR_TYPE] = core.error_type or "upstream_error"
-        self.duration.record(max(0, end - core.t_started) / 1e9, duration_attrs)
+        self.duration.record(max(0, end - core.t_started) / 1e9, sets.duration)
         if core.t_first_chunk is not None:
-            self.ttfc.record((core.t_first_chunk - core.t_started) / 1e9, base)
+            self.ttfc.record((core.t_first_chunk - core.t_started) / 1e9, sets.base)
         if core.t_stop_mono is not None and core.t_upstream_closed_mono is not None:
             latency = max(0, core.t_upstream_closed_mono - core.t_stop_mono) / 1e9
-            self.stop_latency.record(latency, {n.STOP_REASON: reason})
+            self.stop_latency.record(latency, sets.reason)
         if core.usage_exact is not None and core.estimated_output_tokens is not None:
             # A histogram's sum is dropped once it sees a negative value: record the size of
             # the miss, and its direction as an attribute.
             miss = core.estimated_output_tokens - core.usage_exact
             direction = "over" if miss > 0 else "under" if miss < 0 else "exact"
-            self.drift.record(abs(miss), {**base, n.DRIFT_DIRECTION: direction})
+            self.drift.record(abs(miss), sets.drift[direction])
         if receipt is None:
             return
         tokens = receipt.tokens
         if tokens.input is not None:
-            self.token_usage.record(tokens.input, {**base, n.TOKEN_TYPE: "input"})
-        self.token_usage.record(tokens.produced, {**base, n.TOKEN_TYPE: "output"})
+            self.token_usage.record(tokens.input, sets.token_type["input"])
+        self.token_usage.record(tokens.produced, sets.token_type["output"])
+        kinds = sets.kind
         for kind, value in (
             ("input", tokens.input),
             ("produced", tokens.produced),
@@ -276,7 +273,7 @@ class Telemetry:
             ("prevented", tokens.prevented_estimate),
         ):
             if value:
-                self.tokens.add(value, {**base, n.KIND: kind})
+                self.tokens.add(value, kinds[kind])
         cost = receipt.cost
         for kind, amount in (
             ("spent", _sum(cost.input, cost.output)),
@@ -285,7 +282,55 @@ class Telemetry:
         ):
             if amount is not None and Decimal(amount) > 0:
                 # Metric values are floats by nature; receipts keep the exact decimal strings.
-                self.cost.add(float(amount), {**base, n.KIND: kind})
+                self.cost.add(float(amount), kinds[kind])
+
+    def _attribute_sets(
+        self, base: dict[str, str], outcome: str, reason: str, category: str, error: str
+    ) -> _AttributeSets:
+        """The metric attribute sets of one (provider, model, outcome, ...), built once."""
+        key = (base[n.PROVIDER], base[n.REQUEST_MODEL], outcome, reason, category, error)
+        sets = self._sets.get(key)
+        if sets is None:
+            if len(self._sets) >= _MAX_ATTRIBUTE_SETS:  # models are the application's: bound it
+                self._sets.clear()
+            sets = self._sets[key] = _AttributeSets(base, outcome, reason, category, error)
+        return sets
+
+
+class _AttributeSets:
+    """Every attribute dict the metrics of a finished stream use, for one key. Shared between
+    streams and threads: never mutated after construction (the SDK only reads them)."""
+
+    __slots__ = (
+        "base",
+        "drift",
+        "duration",
+        "emitted",
+        "failed",
+        "kind",
+        "reason",
+        "stream",
+        "token_type",
+    )
+
+    def __init__(
+        self, base: dict[str, str], outcome: str, reason: str, category: str, error: str
+    ) -> None:
+        self.base = dict(base)
+        self.stream = {**base, n.OUTCOME: outcome, n.STOP_REASON: reason}
+        if category:
+            self.stream[n.STOP_CATEGORY] = category
+        self.emitted = {n.OUTCOME: outcome, n.RESULT: "emitted"}
+        self.failed = {n.OUTCOME: outcome, n.RESULT: "failed"}
+        self.duration = {**base, n.ERROR_TYPE: error} if error else dict(base)
+        self.reason = {n.STOP_REASON: reason}
+        self.drift = {d: {**base, n.DRIFT_DIRECTION: d} for d in ("over", "under", "exact")}
+        self.token_type = {t: {**base, n.TOKEN_TYPE: t} for t in ("input", "output")}
+        kinds = ("input", "produced", "consumed", "undelivered", "post_cutoff", "prevented")
+        self.kind = {k: {**base, n.KIND: k} for k in (*kinds, "spent")}
+
+
+_MAX_ATTRIBUTE_SETS = 1024
 
 
 def _metrics_installed() -> bool:
