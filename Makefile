@@ -238,18 +238,23 @@ soak: $(STAMP)
 
 # The deploy tier: uWSGI (fork hooks and lazy apps) and Celery's prefork pool for real
 # (tests/test_uwsgi_celery.py; skipped in `make test`, where neither is installed). Its own venv:
-# uwsgi is built from source with the C compiler. Not locked yet (requirements/deploy.txt is
-# for `make lock`). ~2.5 minutes, plus ~20 s to build uwsgi the first time.
+# uwsgi is built from source with the C compiler. Locked: requirements/deploy.txt (make lock).
+# ~2.5 minutes, plus ~20 s to build uwsgi the first time.
 DEPLOY_VENV  ?= .venv-deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
 
-.PHONY: deploy
+.PHONY: deploy lock-deploy
 
-$(DEPLOY_STAMP): pyproject.toml | $(PY)
+lock: lock-deploy
+lock-deploy: $(PY)
+	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/deploy.txt pyproject.toml requirements/tools.in \
+		--extra test --extra deploy
+
+$(DEPLOY_STAMP): requirements/deploy.txt pyproject.toml | $(PY)
 	rm -rf $(DEPLOY_VENV)
 	$(UV) venv -q -p $(PYTHON) $(DEPLOY_VENV)
 	echo '*' > $(DEPLOY_VENV)/.gitignore
-	VIRTUAL_ENV=$(DEPLOY_VENV) $(UV) pip install -q -e '.[test,deploy]'
+	$(call uv_sync,$(DEPLOY_VENV),requirements/deploy.txt)
 	touch $@
 
 deploy: $(DEPLOY_STAMP) system-deps
