@@ -51,13 +51,9 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class TranscriptionWire(Wire):
-    """``POST /v1/audio/transcriptions`` (multipart) with ``stream=true``: one
-    ``transcript.text.delta`` per token, then ``transcript.text.done`` with the whole text and
-    the usage (``type: "tokens"``; input tokens are the words of ``prompt``, at least 1)."""
-
-    provider: ClassVar[str] = "openai"
-    api: ClassVar[str] = "transcriptions"
+class _PromptWire(Wire):
+    """A request that names its model and a ``prompt`` and asks for no token limit (form
+    fields arrive as strings: ``stream`` is ``"true"``)."""
 
     def parse(
         self, body: Mapping[str, Any], path_model: str | None, stream: bool | None
@@ -68,6 +64,15 @@ class TranscriptionWire(Wire):
             max_tokens=None,
             input_tokens=input_tokens_of(body, "prompt"),
         )
+
+
+class TranscriptionWire(_PromptWire):
+    """``POST /v1/audio/transcriptions`` (multipart) with ``stream=true``: one
+    ``transcript.text.delta`` per token, then ``transcript.text.done`` with the whole text and
+    the usage (``type: "tokens"``; input tokens are the words of ``prompt``, at least 1)."""
+
+    provider: ClassVar[str] = "openai"
+    api: ClassVar[str] = "transcriptions"
 
     @staticmethod
     def _usage(turn: Turn) -> dict[str, Any]:
@@ -93,7 +98,7 @@ class TranscriptionWire(Wire):
         return openai_error(status, message)
 
 
-class ImageWire(Wire):
+class ImageWire(_PromptWire):
     """``POST /v1/images/generations`` (JSON) and ``/v1/images/edits`` (multipart) with
     ``stream=true``: one ``<kind>.partial_image`` per token (its ``b64_json`` is the token's text,
     base64: ``image_text`` reads it back), then ``<kind>.completed`` with the whole text as the
@@ -102,16 +107,6 @@ class ImageWire(Wire):
     provider: ClassVar[str] = "openai"
     api: ClassVar[str] = "images.generations"
     kind: ClassVar[str] = "image_generation"
-
-    def parse(
-        self, body: Mapping[str, Any], path_model: str | None, stream: bool | None
-    ) -> ParsedRequest:
-        return ParsedRequest(
-            model=str(body.get("model", "")),
-            stream=_truthy(body.get("stream")),
-            max_tokens=None,
-            input_tokens=input_tokens_of(body, "prompt"),
-        )
 
     @staticmethod
     def _usage(turn: Turn) -> dict[str, Any]:
