@@ -246,6 +246,30 @@ def check_upstream_stopped(record: RequestRecord, t_stop: int) -> None:
     assert generated_after <= 1, f"{generated_after} tokens generated after the stop signal"
 
 
+def check_consumer_closed(
+    c: Case,
+    record: RequestRecord,
+    receipt: Receipt,
+    t_stop: int,
+    *,
+    committed: int = CUT,
+    consumed: int = CUT - 1,
+) -> None:
+    """The consumer closed or dropped a ``LONG`` stream at ``t_stop`` after ``committed`` units
+    were handed over: the upstream stopped at once and the receipt says ``consumer_closed``."""
+    check_upstream_stopped(record, t_stop)
+    assert summary(receipt) == c.expected(
+        outcome="cancelled",
+        reason="consumer_closed",
+        category="client",
+        max_tokens=LONG,
+        produced=committed,
+        committed=committed,
+        consumed=consumed,
+        input_tokens=record.input_tokens,
+    )
+
+
 def stream_id(stream: Any) -> str:
     handle = handle_of(stream)
     assert handle is not None, f"{type(stream).__name__} is not guarded"

@@ -24,7 +24,7 @@ from streamguard.testing import InMemoryReceiptSink, RequestRecord, expected_tex
 
 from . import _loops
 from ._adapters import MESSAGES, MODEL
-from ._harness import CUT, LONG, Case, check_upstream_stopped, summary
+from ._harness import CUT, LONG, Case, check_consumer_closed, check_upstream_stopped
 
 PROMPT = "count slowly"
 EXHAUST = 20
@@ -33,17 +33,7 @@ EXHAUST = 20
 def check_dropped(c: Case, texts: list[str], record: RequestRecord, receipt: Receipt, t_stop: int):
     """A consumer read ``CUT`` units, then dropped the stream at ``t_stop``."""
     assert texts == [token_text(i) for i in range(CUT)]
-    check_upstream_stopped(record, t_stop)
-    assert summary(receipt) == c.expected(
-        outcome="cancelled",
-        reason="consumer_closed",
-        category="client",
-        max_tokens=LONG,
-        produced=CUT,
-        committed=CUT,
-        consumed=CUT - 1,
-        input_tokens=record.input_tokens,
-    )
+    check_consumer_closed(c, record, receipt, t_stop)
 
 
 # ---------------------------------------------------------------------- google-genai only

@@ -19,7 +19,15 @@ from streamguard.testing import RequestRecord, expected_text
 
 from . import _loops as loops
 from ._adapters import MESSAGES, MODEL
-from ._harness import CUT, LONG, Case, check_invariants, check_upstream_stopped, summary
+from ._harness import (
+    CUT,
+    LONG,
+    Case,
+    check_consumer_closed,
+    check_invariants,
+    check_upstream_stopped,
+    summary,
+)
 
 N = 5  # tokens of a short stream read to its end
 NATURAL = {"x-upstream-tokens": str(N)}  # an answer that ends with "stop" before its limit
@@ -53,17 +61,8 @@ def check_closed_now(c: Case, t_stop: int, *, committed: int, consumed: int) -> 
     """The close returned with the receipt sealed, and the upstream saw it within 50 ms."""
     receipts = c.sink.receipts
     assert len(receipts) == 1, "close() returned before the receipt was sealed"
-    record = c.finished()
-    check_upstream_stopped(record, t_stop)
-    assert summary(receipts[0]) == c.expected(
-        outcome="cancelled",
-        reason="consumer_closed",
-        category="client",
-        max_tokens=LONG,
-        produced=committed,
-        committed=committed,
-        consumed=consumed,
-        input_tokens=record.input_tokens,
+    check_consumer_closed(
+        c, c.finished(), receipts[0], t_stop, committed=committed, consumed=consumed
     )
     return receipts[0]
 
