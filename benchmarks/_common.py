@@ -13,7 +13,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 HMAC_SECRET = bytes(range(32))
@@ -365,3 +365,28 @@ def machine() -> dict[str, Any]:
         "packages": versions,
         "loadavg_at_start": load,
     }
+
+
+class Frames:
+    """A response body served one frame per read, sync or async (httpx's stream protocol).
+
+    Mixed with the client library's ``SyncByteStream``/``AsyncByteStream`` (by
+    ``sdk_overhead._handler`` and ``floor.Replay``), as each library checks that a response
+    stream is one of its own.
+    """
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.frames
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for frame in self.frames:
+            yield frame
+
+    def close(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

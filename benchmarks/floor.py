@@ -35,7 +35,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import wrapt
@@ -60,26 +59,6 @@ _cpu_ns = time.process_time_ns
 
 
 # ------------------------------------------------------------------------- transport
-class _Frames:
-    """A body served one frame per read, sync or async (httpx's byte-stream protocol)."""
-
-    def __init__(self, frames: list[bytes]) -> None:
-        self.frames = frames
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.frames
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for frame in self.frames:
-            yield frame
-
-    def close(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
 class Replay:
     """A ``MockTransport`` handler: the first request goes to the live upstream and its body is
     recorded; every later request gets the recorded body from memory."""
@@ -87,7 +66,7 @@ class Replay:
     def __init__(self, module: Any, upstream_url: str) -> None:
         self.module, self.upstream_url = module, upstream_url
         self.stream_type = type(
-            "Frames", (_Frames, module.SyncByteStream, module.AsyncByteStream), {}
+            "Frames", (c.Frames, module.SyncByteStream, module.AsyncByteStream), {}
         )
         self.recorded: tuple[str, list[bytes]] | None = None
 

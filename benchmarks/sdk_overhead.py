@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import _common as c
@@ -81,32 +81,8 @@ def record_bodies(tokens: int) -> dict[str, tuple[str, list[bytes]]]:
     return bodies
 
 
-class _Frames:
-    """A response body served one frame per read, sync or async (httpx's stream protocol).
-
-    Mixed with the client library's ``SyncByteStream``/``AsyncByteStream`` by ``_handler``, as
-    each library checks that a response stream is one of its own.
-    """
-
-    def __init__(self, frames: list[bytes]) -> None:
-        self.frames = frames
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.frames
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for frame in self.frames:
-            yield frame
-
-    def close(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
 def _handler(module: Any, content_type: str, frames: list[bytes]) -> Callable[[Any], Any]:
-    stream_type = type("Frames", (_Frames, module.SyncByteStream, module.AsyncByteStream), {})
+    stream_type = type("Frames", (c.Frames, module.SyncByteStream, module.AsyncByteStream), {})
 
     def handle(request: Any) -> Any:
         return module.Response(
