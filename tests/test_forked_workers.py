@@ -104,9 +104,19 @@ def _gunicorn(app: str, worker_class: str, env: dict[str, str]) -> Iterator[str]
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    with _serving(proc, f"http://127.0.0.1:{port}", "gunicorn", startup_s=30) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(
+    proc: subprocess.Popen[str], url: str, name: str, *, startup_s: float
+) -> Iterator[str]:
+    """Waits until the server ``proc`` answers ``url/ping``, yields ``url``, then stops it with
+    SIGTERM; what it printed must hold no traceback."""
+    output = ""
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + startup_s
         while True:
             try:
                 httpx.get(url + "/ping", timeout=1).raise_for_status()
@@ -114,7 +124,7 @@ def _gunicorn(app: str, worker_class: str, env: dict[str, str]) -> Iterator[str]
             except httpx.HTTPError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     proc.kill()
-                    pytest.fail(f"gunicorn did not start: {proc.communicate()[0]}")
+                    pytest.fail(f"{name} did not start: {proc.communicate()[0]}")
                 time.sleep(0.1)
         yield url
     finally:
@@ -124,7 +134,7 @@ def _gunicorn(app: str, worker_class: str, env: dict[str, str]) -> Iterator[str]
         except subprocess.TimeoutExpired:
             proc.kill()
             output = proc.communicate()[0]
-        assert "Traceback" not in output, output
+    assert "Traceback" not in output, output
 
 
 def _request(url: str, mode: str, tag: str) -> dict[str, Any]:

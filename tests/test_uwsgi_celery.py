@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 import streamguard
@@ -37,6 +36,7 @@ from test_forked_workers import (
     _check_stopped,
     _receipts,
     _serve_every_mode_in_both_workers,
+    _serving,
     _verify,
 )
 
@@ -62,28 +62,8 @@ def _uwsgi(mode: str, env: dict[str, str]) -> Iterator[str]:
     proc = subprocess.Popen(
         cmd, cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    url = f"http://127.0.0.1:{port}"
-    output = ""
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/ping", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    pytest.fail(f"uwsgi did not start: {proc.communicate()[0]}")
-                time.sleep(0.1)
+    with _serving(proc, f"http://127.0.0.1:{port}", "uwsgi", startup_s=60) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output = proc.communicate(timeout=20)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output = proc.communicate()[0]
-    assert "Traceback" not in output, output
 
 
 @pytest.mark.slow  # ~20-40 s each: the app imports every SDK
