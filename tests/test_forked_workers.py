@@ -531,3 +531,34 @@ def test_multiprocessing_fork_child_seals_on_its_own_chain(
     verified = _verify(ledger)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "3 receipt(s) in 3 ledger(s)" in verified.stdout
+
+
+_FORK_AT_ONCE = """
+import os, sys
+assert "genai_prices" not in sys.modules  # the warm-up thread imports it: the race is open
+import streamguard
+from streamguard._runtime import get_runtime
+streamguard.instrument()
+pid = os.fork()  # at once, as gunicorn --preload forks right after the app module loads
+if pid == 0:
+    price = get_runtime().pricing.price("openai", "gpt-4o-mini")  # what a receipt looks up
+    os._exit(0 if price is not None else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_right_after_instrument_leaves_the_child_no_held_import_lock() -> None:
+    """instrument() loads the price table on a warm-up thread; a child forked while that thread
+    imported it used to hang on its first receipt (the module's import lock came along, its
+    holder did not). The parent's fork hook lets the warm-up finish first."""
+    for _ in range(3):
+        result = subprocess.run(
+            [sys.executable, "-c", _FORK_AT_ONCE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "STREAMGUARD_SIGNING_KEY": "ab" * 32},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["child", "0"], result.stdout + result.stderr

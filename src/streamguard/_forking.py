@@ -1,8 +1,9 @@
 """What a forked child does to the runtime it inherited (see docs/forking.md).
 
-This module registers an ``os.register_at_fork`` hook (imported with ``streamguard``) that
-calls ``make_runtime_the_childs`` for every live runtime, in the child, before the child runs
-any other code. Afterwards the child has:
+This module registers ``os.register_at_fork`` hooks (imported with ``streamguard``). Before the
+fork, the parent lets the price-table warm-up finish (a child must not inherit an import lock
+held by a thread it does not have). In the child, before the child runs any other code, the
+hook calls ``make_runtime_the_childs`` for every live runtime. Afterwards the child has:
 
 - a chain of its own: a new ``Ledger`` (new ledger id, seq from 0; a configured ledger id gets
   a random suffix), so no two processes write the same ``(ledger_id, seq)``;
@@ -108,5 +109,15 @@ def _after_fork_in_child() -> None:
             report_fault("fork", exc)
 
 
+def _before_fork() -> None:
+    """``os.fork()`` hook in the parent: no StreamGuard thread may hold an import lock across
+    the fork (the price table's warm-up imports it)."""
+    for runtime in list(_runtime._runtimes):
+        try:
+            runtime.pricing.settle()
+        except Exception as exc:
+            report_fault("fork.before", exc)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -80,14 +80,7 @@ def instrument(
             billing=billing,
         )
         previous = set_runtime(runtime)
-        # Load the price tables now, off the application's threads, rather than on the thread
-        # that happens to finalize the first stream (~90 ms).
-        threading.Thread(
-            target=runtime.pricing.price,
-            args=("openai", "gpt-4o"),
-            name="streamguard-warmup",
-            daemon=True,
-        ).start()
+        runtime.pricing.warm_up()
         if previous is not None:
             previous.shutdown()
         from streamguard.integrations import framework_patchers

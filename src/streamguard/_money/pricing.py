@@ -45,6 +45,23 @@ class Pricing:
         self._function = price_function
         self._cache: dict[tuple[str, str], Price | None] = {}
         self._lock = threading.Lock()
+        self._warmup: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Loads the price table (~90 ms) on a short-lived background thread, off the
+        application's threads, rather than on the thread that finalizes the first stream."""
+        self._warmup = threading.Thread(
+            target=self.price, args=("openai", "gpt-4o"), name="streamguard-warmup", daemon=True
+        )
+        self._warmup.start()
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Waits for the warm-up to end. Called before ``os.fork()``: a child forked while the
+        warm-up imports the table would inherit the module's import lock held by a thread it
+        does not have, and hang on its first receipt."""
+        thread = self._warmup
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def price(self, provider: str, model: str | None) -> Price | None:
         if not model:
