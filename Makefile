@@ -61,24 +61,27 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
-# A smoke run of every benchmark at reduced sizes (CI): proves they run; numbers go to a temp dir.
+# A smoke run of every benchmark at reduced sizes (CI): proves they run; numbers go to a temp dir
+# (or to BENCH_OUT: `make bench-quick BENCH_OUT=benchmarks` rewrites benchmarks/RESULTS.md).
+BENCH_OUT ?= $$(mktemp -d)
 bench-quick: $(STAMP) system-deps
-	$(PY) -m benchmarks --quick --out "$$(mktemp -d)"
+	$(PY) -m benchmarks --quick --out "$(BENCH_OUT)"
 
 # Rewrite dashboards/*.json from dashboards/*.py (tests fail when the committed JSON is stale).
 dashboards: $(STAMP)
 	$(PY) -m dashboards.generate
 
 clean:
-	rm -rf $(VENV) $(NEWEST_VENV) $(E2E_VENV) $(COMPAT_VENV) build dist .pytest_cache \
-		.mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NEWEST_VENV) $(E2E_VENV) $(COMPAT_VENV) $(COEXIST_VENV) $(FRAMEWORKS_VENV) \
+		$(FRAMEWORKS_OLDEST_VENV) $(FRAMEWORKS_CREWAI_VENV) $(DEPLOY_VENV) $(PEERS_VENV) \
+		$(SDK_SUITES_DIR) build dist .pytest_cache .mypy_cache .ruff_cache
 
 # Move every lock to the newest releases the ranges allow (--refresh: no stale index cache).
 # The compat locks keep their == pins of the oldest SDKs; everything around them moves.
@@ -97,6 +100,9 @@ lock: $(PY)
 		--extra test --extra coexist
 	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/frameworks.txt pyproject.toml requirements/tools.in \
 		--extra frameworks
+	# These two follow the main lock's pins (-c test.txt; the SDK release sdists it pins), so
+	# they run after it, not as prerequisites (which make would run first).
+	$(MAKE) --no-print-directory lock-bench-peers lock-sdk-suites
 
 # The suite on the newest release of every dependency (SDKs, OTel, frameworks), outside the
 # lock, so drift is seen the day it happens. A fresh venv each run.
@@ -229,7 +235,11 @@ frameworks: $(FRAMEWORKS_STAMP)
 # --- h13: soak and deploy tiers (issue 13); the lead wires them into .ci/run ------------------
 # The soak tier (tests_soak): the overload scenario with the default 30 s stall timeout (5,000
 # concurrent readers, a CPU hog per core, the loop blocked 31 s), for the lag-aware stall clock
-# and against the old rule. ~2.5 minutes.
+# and against the old rule (~2.5 minutes); and 20,000 streams through the openai SDK in one
+# long-lived asyncio task and one trio task, side by side, against the unguarded SDK
+# (tests_soak/test_long_lived_sdk.py: ~3.5 minutes on an idle 2-core machine by CPU time;
+# 14-17 minutes measured here under a load average of ~10); and the same 20,000 streams on the
+# engine alone, asyncio, trio and a forked worker (test_long_lived_engine.py, ~45 s).
 LINTED += $(wildcard tests_soak)
 .PHONY: soak
 
@@ -285,16 +295,97 @@ $(FRAMEWORKS_OLDEST_STAMP): $(FRAMEWORKS_OLDEST_LOCK) pyproject.toml | $(PY)
 frameworks-oldest: $(FRAMEWORKS_OLDEST_STAMP)
 	$(FRAMEWORKS_OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider \
 		-p no:unraisableexception tests/frameworks
-# --- Benchmark peers (issue 16; added by h16; the lead wires it) ---------------------------
+# --- Benchmark peers (issue 16; added by h16, locked by b16; the lead wires it) -------------
 # A venv with the bench-peers extra (OpenLLMetry openai/anthropic/ollama, OTel openai-v2):
 # benchmarks/peers.py measures them beside StreamGuard from it (`make bench` skips the peers,
-# saying so, without it). Their entry points must not reach .venv. Not locked yet. ~30 s.
-PEERS_VENV ?= .venv-peers
+# saying so, without it). Their entry points must not reach .venv. Locked:
+# requirements/bench-peers.txt, compiled from pyproject's test and bench-peers extras and held
+# to requirements/test.txt's pins (requirements/bench-peers.in), so the peers run on the SDK
+# and OTel releases StreamGuard is measured on. ~30 s; the lock ~10 s.
+# `make lock` runs this before its own recipe moves test.txt: after a `make lock` that moved
+# test.txt, `make lock-bench-peers LOCK_FLAGS=` catches up with it.
+PEERS_VENV  ?= .venv-peers
+PEERS_LOCK  := requirements/bench-peers.txt
+PEERS_STAMP := $(PEERS_VENV)/.installed
 
-.PHONY: bench-peers-venv
+.PHONY: bench-peers-venv lock-bench-peers
 
-bench-peers-venv: $(STAMP)
+lock-bench-peers: $(PY)
+	$(UV_COMPILE) $(LOCK_FLAGS) -o $(PEERS_LOCK) pyproject.toml requirements/tools.in \
+		requirements/bench-peers.in --extra test --extra bench-peers
+
+$(PEERS_STAMP): $(PEERS_LOCK) pyproject.toml | $(PY)
 	rm -rf $(PEERS_VENV)
 	$(UV) venv -q -p $(PYTHON) $(PEERS_VENV)
 	echo '*' > $(PEERS_VENV)/.gitignore
-	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install -q -e '.[test,bench-peers]'
+	$(call uv_sync,$(PEERS_VENV),$(PEERS_LOCK))
+	touch $@
+
+bench-peers-venv: $(PEERS_STAMP)
+# The benchmarks measure the peers beside StreamGuard in the same run (issue 16).
+bench bench-quick: $(PEERS_STAMP)
+
+# --- a15: the SDKs' own test suites, plain and guarded (issue 15); the lead wires it -----------
+# The openai and anthropic release sdists (the versions requirements/test.txt pins) carry their
+# tests/; each suite runs from its unpacked sdist in a venv of its own, locked from the sdist's
+# uv.lock (requirements/sdk-suites/NAME.txt, hash-checked; the sdist itself is hash-checked
+# too, NAME-sdist.txt), twice: plain, and with `-p streamguard.testing.sdk_suite_plugin`
+# (instrument() before the suite imports the SDK). The target fails when a test that passes
+# plain does not pass guarded, naming it (scripts/sdk_suites/run.py says what runs where).
+# SDK_SUITES_SCOPE=streaming (default, CI) runs the streaming tests; =full the whole suites.
+# `make lock-sdk-suites` rewrites the locks from the sdists (`make lock` runs it after the
+# main lock, whose pins name the sdists).
+SDK_SUITES       := openai anthropic
+SDK_SUITES_SCOPE ?= streaming
+SDK_SUITES_DIR   ?= .sdk-suites
+
+.PHONY: sdk-suites lock-sdk-suites
+
+lock-sdk-suites: $(PY)
+	$(PYTHON) scripts/sdk_suites/lock.py $(UV) $(PYTHON) $(SDK_SUITES)
+
+$(SDK_SUITES_DIR)/%/.installed: requirements/sdk-suites/%.txt requirements/sdk-suites/%-sdist.txt \
+		pyproject.toml | $(PY)
+	rm -rf $(SDK_SUITES_DIR)/$*
+	mkdir -p $(SDK_SUITES_DIR)/$*/sdist
+	echo '*' > $(SDK_SUITES_DIR)/.gitignore
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: --require-hashes \
+		-r requirements/sdk-suites/$*-sdist.txt -d $(SDK_SUITES_DIR)/$*/sdist
+	tar -xzf $(SDK_SUITES_DIR)/$*/sdist/*.tar.gz -C $(SDK_SUITES_DIR)/$*/sdist
+	mv $(SDK_SUITES_DIR)/$*/sdist/$*-*/ $(SDK_SUITES_DIR)/$*/src
+	$(UV) venv -q -p $(PYTHON) $(SDK_SUITES_DIR)/$*/venv
+	$(call uv_sync,$(SDK_SUITES_DIR)/$*/venv,$<)
+	VIRTUAL_ENV=$(SDK_SUITES_DIR)/$*/venv $(UV) pip install -q --no-deps --no-build-isolation \
+		$(SDK_SUITES_DIR)/$*/src
+	touch $@
+
+sdk-suites: $(foreach sdk,$(SDK_SUITES),$(SDK_SUITES_DIR)/$(sdk)/.installed)
+	$(PYTHON) scripts/sdk_suites/run.py --dir $(SDK_SUITES_DIR) --scope $(SDK_SUITES_SCOPE) \
+		$(SDK_SUITES)
+
+# The CrewAI tier (issue 14; .ci/run runs it).
+# tests/frameworks/test_crewai.py with the real crewai from PyPI against the project's upstream
+# on loopback. Its own venv (locked: requirements/frameworks-crewai.txt): every crewai release
+# requires openai<3, and the frameworks venv's Agents SDK and pydantic-ai need openai>=3. Only
+# the CrewAI tests run here (the frameworks tier skips them without crewai). ~40 s.
+FRAMEWORKS_CREWAI_VENV  ?= .venv-frameworks-crewai
+FRAMEWORKS_CREWAI_LOCK  := requirements/frameworks-crewai.txt
+FRAMEWORKS_CREWAI_STAMP := $(FRAMEWORKS_CREWAI_VENV)/.installed
+
+.PHONY: frameworks-crewai lock-frameworks-crewai
+
+lock: lock-frameworks-crewai
+lock-frameworks-crewai: $(PY)
+	$(UV_COMPILE) $(LOCK_FLAGS) -o $(FRAMEWORKS_CREWAI_LOCK) pyproject.toml requirements/tools.in \
+		--extra frameworks-crewai
+
+$(FRAMEWORKS_CREWAI_STAMP): $(FRAMEWORKS_CREWAI_LOCK) pyproject.toml | $(PY)
+	rm -rf $(FRAMEWORKS_CREWAI_VENV)
+	$(UV) venv -q -p $(PYTHON) $(FRAMEWORKS_CREWAI_VENV)
+	echo '*' > $(FRAMEWORKS_CREWAI_VENV)/.gitignore
+	$(call uv_sync,$(FRAMEWORKS_CREWAI_VENV),$(FRAMEWORKS_CREWAI_LOCK))
+	touch $@
+
+frameworks-crewai: $(FRAMEWORKS_CREWAI_STAMP)
+	$(FRAMEWORKS_CREWAI_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		-p no:unraisableexception tests/frameworks/test_crewai.py

@@ -290,7 +290,7 @@ def latency_figure(
 def goal(fig: dict[str, Any], metric: str, op: str, limit: float, text: str) -> dict[str, Any]:
     """Attach a goal (``metric op limit``) to ``fig``; says whether it is met, else by how much."""
     value = float(fig[metric])
-    met = value < limit if op == "<" else value <= limit
+    met = {"<": value < limit, "<=": value <= limit, ">=": value >= limit}[op]
     fig["goal"] = {
         "text": text,
         "metric": metric,
@@ -298,8 +298,10 @@ def goal(fig: dict[str, Any], metric: str, op: str, limit: float, text: str) -> 
         "limit": limit,
         "value": value,
         "met": met,
-        "missed_by": 0.0 if met else value - limit,
-        "missed_by_factor": 0.0 if met or limit == 0 else value / limit,
+        "missed_by": 0.0 if met else abs(value - limit),
+        "missed_by_factor": 0.0
+        if met or value == 0 or limit == 0
+        else max(value / limit, limit / value),
     }
     return fig
 

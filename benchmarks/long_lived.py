@@ -97,8 +97,8 @@ class _Loop:
             runner.run(main())
 
 
-async def _consume(loop: _Loop, stream: Any, kind: int, held: list[Any]) -> None:
-    """End ``stream`` in way number ``kind``."""
+async def _consume(loop: _Loop, stream: Any, kind: int, held: list[Any], keep: int = 400) -> None:
+    """End ``stream`` in way number ``kind``; at most ``keep`` held streams are kept."""
     if kind == 0:  # exhausted
         async for _ in stream:
             pass
@@ -129,8 +129,16 @@ async def _consume(loop: _Loop, stream: Any, kind: int, held: list[Any]) -> None
         async for _ in stream:
             break
         held.append(stream)
-        if len(held) > 400:
-            del held[:200]
+        if len(held) > keep:
+            del held[: keep // 2]  # cut by the stall timer long ago
+
+
+def _top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[str]:
+    """Where the traced batch's growth was allocated: the five largest lines, for a failure
+    message to say whose memory grew."""
+    own = tracemalloc.Filter(False, tracemalloc.__file__)
+    diff = after.filter_traces([own]).compare_to(before.filter_traces([own]), "lineno")
+    return [f"{d.size_diff:+d} B {d.count_diff:+d} blocks {d.traceback[0]}" for d in diff[:5]]
 
 
 async def _enumerate(stream: Any) -> AsyncIterator[tuple[int, Any]]:
@@ -140,8 +148,12 @@ async def _enumerate(stream: Any) -> AsyncIterator[tuple[int, Any]]:
         i += 1
 
 
-def measure(loop_name: str, source: str, n: int, warmup: int, traced: int) -> dict[str, Any]:
-    """The bare then the guarded task in this process; the figures of each."""
+def measure(
+    loop_name: str, source: str, n: int, warmup: int, traced: int, bare_n: int | None = None
+) -> dict[str, Any]:
+    """The bare then the guarded task in this process; the figures of each. The bare task
+    consumes ``bare_n`` streams in its measured batch (default ``n``): its figures are per
+    stream too, and over the SDK it is the slow half of the run."""
     import streamguard
     from streamguard._engine.core import StreamCore
     from streamguard._receipts.signing import HmacSigner
@@ -149,6 +161,12 @@ def measure(loop_name: str, source: str, n: int, warmup: int, traced: int) -> di
     loop = _Loop(loop_name)
     sink = c.CountingSink()
     stall = 0.05 if source == "engine" else 0.2
+    # Held streams are kept well past their stall cut (at >= 0.5 ms a stream, 6 * keep / 2
+    # streams later; a close that no longer waits for its receipt makes streams faster, hence
+    # 1,200 on the engine), but not many more: over the SDK each holds a connection's buffers,
+    # and a measured batch holding more at its peak than the warm-up did would count the higher
+    # high-water mark of the heap as growth.
+    keep = 1200 if source == "engine" else 64
     cores: weakref.WeakSet[StreamCore] = weakref.WeakSet()
     reasons: dict[str, int] = {}
     up: Any = None
@@ -186,29 +204,49 @@ def measure(loop_name: str, source: str, n: int, warmup: int, traced: int) -> di
     async def batch(guarded: bool, count: int, start: int, held: list[Any]) -> None:
         for i in range(start, start + count):
             stream = await open_stream(guarded, i % KINDS)
-            await _consume(loop, stream, i % KINDS, held)
+            await _consume(loop, stream, i % KINDS, held, keep)
             del stream
 
     async def settle(held: list[Any]) -> None:
         await loop.sleep(3 * stall)  # the held streams are cut by now
         held.clear()
         await loop.sleep(0.05)
+        # Receipts are sealed on the writer's thread; a queued stream is alive until sealed (the
+        # queue is bounded): what is measured is what stays after the writer caught up.
+        streamguard.flush()
         gc.collect()
+        # Streams let go in that collection (break + drop) close their upstream on this loop
+        # now, and only then release their connection: wait for their receipts.
+        for _ in range(250):
+            if not streamguard.active_streams():
+                break
+            await loop.sleep(0.02)
+        # The SDK's own async generators let go in that collection are finalised by tasks the
+        # loop runs now (asyncio's and trio's asyncgen hooks), holding their frames until then;
+        # what those finalisers let go can hold more generators: settle until a collection
+        # finds nothing (trio's finaliser runs in a system task, a batch per round).
+        for _ in range(20):
+            await loop.sleep(0.1)
+            if not gc.collect():
+                break
 
     async def task(guarded: bool, out: dict[str, Any]) -> None:
         held: list[Any] = []
+        count = n if guarded or bare_n is None else bare_n
         await batch(guarded, warmup, 0, held)
         await settle(held)
         r0, t0 = _rss(), time.perf_counter()
-        await batch(guarded, n, warmup, held)
+        await batch(guarded, count, warmup, held)
         await settle(held)
+        out["streams"] = count
         out["seconds"] = round(time.perf_counter() - t0, 2)
-        out["rss_bytes_per_stream"] = (_rss() - r0) / n
+        out["rss_bytes_per_stream"] = (_rss() - r0) / count
         tracemalloc.start()
-        m0 = tracemalloc.get_traced_memory()[0]
-        await batch(guarded, traced, warmup + n, held)
+        m0, s0 = tracemalloc.get_traced_memory()[0], tracemalloc.take_snapshot()
+        await batch(guarded, traced, warmup + count, held)
         await settle(held)
         out["traced_bytes_per_stream"] = (tracemalloc.get_traced_memory()[0] - m0) / traced
+        out["traced_top"] = _top_growth(s0, tracemalloc.take_snapshot())
         tracemalloc.stop()
 
     async def main_sdk(guarded: bool, out: dict[str, Any]) -> None:
@@ -320,38 +358,73 @@ def run_child(
     fork: bool = False,
     warmup: int | None = None,
     traced: int | None = None,
+    bare: int | None = None,
     timeout: float = 600.0,
 ) -> dict[str, Any]:
     """One measurement in a fresh process; its JSON result."""
-    warmup = max(500, n // 10) if warmup is None else warmup
-    traced = max(300, n // 10) if traced is None else traced
-    cmd = [sys.executable, "-m", "benchmarks.long_lived", "measure", loop, source, str(n)]
-    cmd += ["--warmup", str(warmup), "--traced", str(traced)] + (["--fork"] if fork else [])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMGUARD_", "OTEL_"))}
-    proc = subprocess.run(cmd, cwd=_REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:])} failed: {proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return Child(loop, source, n, fork=fork, warmup=warmup, traced=traced, bare=bare).result(
+        timeout
+    )
+
+
+class Child:
+    """One measurement running in a process of its own (started at once; ``result`` waits), so
+    that several can run side by side (one per core: the SDK runs wait on their upstream)."""
+
+    def __init__(
+        self,
+        loop: str,
+        source: str,
+        n: int,
+        *,
+        fork: bool = False,
+        warmup: int | None = None,
+        traced: int | None = None,
+        bare: int | None = None,
+    ) -> None:
+        warmup = max(500, n // 10) if warmup is None else warmup
+        traced = max(300, n // 10) if traced is None else traced
+        cmd = [sys.executable, "-m", "benchmarks.long_lived", "measure", loop, source, str(n)]
+        cmd += ["--warmup", str(warmup), "--traced", str(traced)] + (["--fork"] if fork else [])
+        cmd += [] if bare is None else ["--bare", str(bare)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMGUARD_", "OTEL_"))}
+        self.what = " ".join(cmd[2:])
+        self.proc = subprocess.Popen(
+            cmd, cwd=_REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def result(self, timeout: float = 600.0) -> dict[str, Any]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"{self.what} failed: {err[-2000:]}")
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
 
 
 def run() -> dict[str, Any]:
-    """For ``python -m benchmarks``: asyncio and trio, engine and SDK, and a forked worker."""
+    """For ``python -m benchmarks``: asyncio and trio, engine and SDK, and a forked worker.
+
+    The SDK runs are those of ``make soak`` (20,000 streams, a 3,000-stream unguarded
+    baseline), asyncio and trio side by side (each mostly waits for its upstream)."""
     quick = c.QUICK
-    cases = [
-        ("asyncio", "engine", 3000 if quick else 20_000, False),
-        ("trio", "engine", 3000 if quick else 20_000, False),
-        ("asyncio", "engine", 3000 if quick else 20_000, True),
-        ("asyncio", "sdk", 100 if quick else 1000, False),
-        ("trio", "sdk", 100 if quick else 1000, False),
+    n = 3000 if quick else 20_000
+    runs = [run_child(loop, "engine", n, fork=fork) for loop, fork in SDK_FREE_CASES]
+    # Quick: small SDK batches (~5-10 ms a stream here), to stay < 60 s.
+    sdk_n, warmup, traced, bare = (100, 100, 100, None) if quick else (20_000, 1000, 1000, 3000)
+    children = [
+        Child(loop, "sdk", sdk_n, warmup=warmup, traced=traced, bare=bare)
+        for loop in ("asyncio", "trio")
     ]
-    # Quick: smaller batches around the SDK's (~25 ms per stream here), to stay < 60 s.
-    small = {"warmup": 100, "traced": 100} if quick else {}
-    runs = [
-        run_child(loop, source, n, fork=fork, **(small if source == "sdk" else {}))
-        for loop, source, n, fork in cases
-    ]
+    runs += [child.result(timeout=1800) for child in children]
     return {"figures": figures_of(runs), "runs": runs}
+
+
+SDK_FREE_CASES = [("asyncio", False), ("trio", False), ("asyncio", True)]
 
 
 def figures_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -374,7 +447,8 @@ def figures_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 name="guarded",
                 values=[g[key]],
                 note=(
-                    f"{where}: {n:,} streams in {g['seconds']} s (unguarded {b['seconds']} s); "
+                    f"{where}: {n:,} streams in {g['seconds']} s (unguarded: "
+                    f"{b.get('streams', n):,} in {b['seconds']} s); "
                     f"StreamCores alive after: {res['alive_cores']}; receipts by reason "
                     f"{res['reasons']}."
                 ),
@@ -396,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--warmup", type=int, default=2000)
     m.add_argument("--traced", type=int, default=2000)
     m.add_argument("--fork", action="store_true")
+    m.add_argument("--bare", type=int, default=None, help="streams of the bare measured batch")
     args = parser.parse_args(argv)
     _FORK = args.fork
     import logging
@@ -403,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.simplefilter("ignore")
     logging.getLogger("streamguard").setLevel(logging.ERROR)
-    print(json.dumps(measure(args.loop, args.source, args.n, args.warmup, args.traced)))
+    print(json.dumps(measure(args.loop, args.source, args.n, args.warmup, args.traced, args.bare)))
     return 0
 
 

@@ -33,11 +33,31 @@ pytest_plugins = ["streamguard.testing.pytest_plugin"]
 HMAC_SECRET = bytes(range(32))
 
 
+class _Spans(InMemorySpanExporter):
+    # Receipts (span end, receipt event) are emitted off the stopping thread: a test reads what
+    # every stream that ended left behind.
+    def get_finished_spans(self):  # type: ignore[no-untyped-def]
+        _runtime.flush_all(10.0)
+        return super().get_finished_spans()
+
+
+class _Logs(InMemoryLogRecordExporter):
+    def get_finished_logs(self):  # type: ignore[no-untyped-def]
+        _runtime.flush_all(10.0)
+        return super().get_finished_logs()
+
+
+class _Metrics(InMemoryMetricReader):
+    def get_metrics_data(self):  # type: ignore[no-untyped-def]
+        _runtime.flush_all(10.0)
+        return super().get_metrics_data()
+
+
 class OTel:
     def __init__(self) -> None:
-        self.spans = InMemorySpanExporter()
-        self.logs = InMemoryLogRecordExporter()
-        self.metrics = InMemoryMetricReader()
+        self.spans = _Spans()
+        self.logs = _Logs()
+        self.metrics = _Metrics()
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
         logger_provider = LoggerProvider()

@@ -63,6 +63,7 @@ def test_public_api_is_pinned() -> None:
             "cancel_stream",
             "configure_otel",
             "context",
+            "flush",
             "guard",
             "handle_of",
             "instrument",

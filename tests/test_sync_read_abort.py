@@ -71,3 +71,54 @@ def test_idle_timeout_closes_a_connection_blocked_in_a_read(upstream, provider) 
         client.close()  # type: ignore[attr-defined]
     finally:
         streamguard.uninstrument()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama"])
+def test_a_close_from_another_thread_ends_a_read_in_progress_quietly(upstream, provider) -> None:
+    """The consumer closes the stream from another thread while its reader thread is blocked
+    in a read (a framework's drain thread, a worker's watchdog): the upstream closes at once,
+    and the reader's iteration just ends, as after any close by the consumer; the transport
+    error the guard's own socket shutdown caused inside that read is not the reader's."""
+    import threading
+
+    sink = InMemoryReceiptSink()
+    streamguard.instrument(sinks=[sink], signer=HmacSigner(bytes(32), key_id="t"))
+    try:
+        before = len(upstream.requests)
+        upstream.add_fault(Fault("stall", after_tokens=5, seconds=10))
+        client, stream = _open(provider, upstream)
+        got: list[object] = []
+        outcome: list[BaseException | None] = []
+
+        def read() -> None:
+            try:
+                for chunk in stream:  # type: ignore[attr-defined]
+                    got.append(chunk)
+                outcome.append(None)
+            except BaseException as exc:  # what the reader saw, for the assertion
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        record = upstream.requests[before] if len(upstream.requests) > before else None
+        deadline = time.monotonic() + 5
+        while (record is None or len(record.token_times_ns) < 5) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if record is None and len(upstream.requests) > before:
+                record = upstream.requests[before]
+        assert record is not None and len(record.token_times_ns) == 5
+        time.sleep(0.1)  # the reader is blocked in its read of the silent upstream
+        t_close = time.monotonic_ns()
+        stream.close()  # type: ignore[attr-defined]
+        reader.join(3)
+        assert not reader.is_alive(), "the read in progress was not ended by close()"
+        assert outcome == [None], f"the reader got {outcome[0]!r}"
+        assert got, "the reader saw none of the chunks sent before the stall"
+        assert record.wait_done(3)
+        assert record.disconnected_ns is not None, record.outcome
+        assert (record.disconnected_ns - t_close) / 1e9 <= 0.05 + 0.05
+        receipt = sink.wait_for(1, 2)[0]
+        assert (receipt.reason, receipt.category) == ("consumer_closed", "client")
+        client.close()  # type: ignore[attr-defined]
+    finally:
+        streamguard.uninstrument()

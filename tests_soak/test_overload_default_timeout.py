@@ -50,5 +50,7 @@ def test_the_old_rule_cuts_the_readers_with_the_default_stall_timeout(
 ) -> None:
     monkeypatch.setattr(looptimers, "_LAG_COMPENSATION", False)
     sink, outcome, _ = run_overload(stall_timeout=None, block=31.0, blocks=1)
-    assert outcome["cut: consumer_stalled"] > STREAMS // 2, outcome
+    # How many it cuts depends on how fast the loop drains once it resumes (receipts are sealed
+    # off the loop since issue 16, so it drains faster); any reader cut is the old rule's fault.
+    assert outcome["cut: consumer_stalled"] > STREAMS // 50, outcome
     assert sink.stopped_reason == "consumer_stalled"

@@ -19,6 +19,7 @@ from streamguard._money.budget import Budget, InMemoryBudgetStore
 from streamguard._money.context import context, limits
 from streamguard._money.pricing import Price
 from streamguard._receipts.model import Receipt
+from streamguard._runtime import flush_all as flush
 from streamguard._telemetry.setup import configure_otel
 from streamguard.exceptions import (
     BudgetExceeded,
@@ -61,6 +62,7 @@ __all__ = [
     "cancel_stream",
     "configure_otel",
     "context",
+    "flush",
     "guard",
     "handle_of",
     "instrument",

@@ -57,6 +57,18 @@ def _usd(value: str) -> str:
     return value
 
 
+#: When StreamGuard cancels a background response (openai Responses ``background=True``) that
+#: it stops: on policy and operator stops (the default), on every stop, or never.
+CANCEL_BACKGROUND = ("policy", "always", "never")
+
+
+def _cancel_background(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in CANCEL_BACKGROUND:
+        raise ValueError("must be one of policy/always/never")
+    return lowered
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -83,6 +95,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "budget_usd": ("STREAMGUARD_BUDGET_USD", _usd),
     "budget_window": ("STREAMGUARD_BUDGET_WINDOW", _text),
     "budget_scope": ("STREAMGUARD_BUDGET_SCOPE", str),
+    "cancel_background": ("STREAMGUARD_CANCEL_BACKGROUND", _cancel_background),
 }
 
 
@@ -101,6 +114,11 @@ class Options:
     - ``max_output_tokens``: stop a stream (``max_output_tokens``) past this many tokens.
     - ``budget_usd``/``budget_window``/``budget_scope``: one budget from the environment
       (e.g. "25", "1d", "tenant"); code passes ``budgets=[Budget(...)]`` to ``instrument()``.
+    - ``cancel_background``: a background response (openai ``responses.create(background=True,
+      stream=True)``) goes on generating on the server when its stream is closed; StreamGuard
+      calls ``responses.cancel(id)`` after stopping one: ``"policy"`` on policy and operator
+      stops (budget, content policy, output cap, deadline, ``cancel()``), ``"always"`` on every
+      stop (the consumer leaving too), ``"never"``. docs/entry-points.md says why.
     """
 
     max_buffered: int = 64
@@ -121,6 +139,7 @@ class Options:
     budget_usd: str | None = None
     budget_window: str | None = None
     budget_scope: str | None = None
+    cancel_background: str = "policy"
 
     @classmethod
     def resolve(
@@ -167,6 +186,11 @@ def _check_argument(name: str, value: Any) -> Any:
                 f"{name} must be a finite number of seconds >= 0, got {value!r}.", variable=name
             )
         return float(value)
+    if name == "cancel_background" and value not in CANCEL_BACKGROUND:
+        raise ConfigurationError(
+            f"cancel_background must be one of {', '.join(CANCEL_BACKGROUND)}, got {value!r}.",
+            variable=name,
+        )
     counts = {"max_buffered", "max_inflight", "expected_output_tokens", "max_output_tokens"}
     if name in counts and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ConfigurationError(

@@ -2,11 +2,15 @@
 
 This module registers ``os.register_at_fork`` hooks (imported with ``streamguard``). Before the
 fork, the parent lets the price-table warm-up finish (a child must not inherit an import lock
-held by a thread it does not have). In the child, before the child runs any other code, the
-hook calls ``make_runtime_the_childs`` for every live runtime. Afterwards the child has:
+held by a thread it does not have) and drains its receipt writer (bounded: 2 s), so the
+child's memory holds no receipt still waiting to be sealed. In the child, before the child runs
+any other code, the hook calls ``make_runtime_the_childs`` for every live runtime. Afterwards
+the child has:
 
 - a chain of its own: a new ``Ledger`` (new ledger id, seq from 0; a configured ledger id gets
   a random suffix), so no two processes write the same ``(ledger_id, seq)``;
+- a receipt writer of its own, with an empty queue and no thread yet (the parent's writer
+  thread does not exist in the child; whatever the parent had still queued is the parent's);
 - a fresh registry and watchdog, fresh locks (a lock another thread held at the fork would
   stay held in the child), its own ledger file handle, Redis connections and cancel listener;
 - no claim on the parent's streams: each core that was open at the fork is disowned, so the
@@ -49,6 +53,7 @@ def make_runtime_the_childs(runtime: Runtime) -> None:
         disown(core)
     runtime.ledger = Ledger(runtime.signer, ledger_id=child_ledger_id(runtime.options.ledger_id))
     runtime.watchdog = Watchdog()
+    runtime.writer = runtime.writer.forked()
     lock_type = type(runtime._lock)
     for part in (runtime.pricing, runtime.telemetry, runtime.lengths, runtime.budget_store):
         if isinstance(getattr(part, "_lock", None), lock_type):
@@ -82,6 +87,7 @@ def disown(core: StreamCore) -> None:
         core.detail = "inherited by a forked child process; the parent seals its receipt"
     core.phase = FINAL
     core._receipt_waiters = []
+    core._closed_waiters = []
     done = threading.Event()
     done.set()
     core._final_event = done
@@ -111,10 +117,13 @@ def _after_fork_in_child() -> None:
 
 def _before_fork() -> None:
     """``os.fork()`` hook in the parent: no StreamGuard thread may hold an import lock across
-    the fork (the price table's warm-up imports it)."""
+    the fork (the price table's warm-up imports it), and the receipts of streams that already
+    ended are sealed and written before it (the child must not inherit them half-way)."""
     for runtime in list(_runtime._runtimes):
         try:
             runtime.pricing.settle()
+            if not runtime.closed:
+                runtime.writer.flush(2.0)
         except Exception as exc:
             report_fault("fork.before", exc)
 

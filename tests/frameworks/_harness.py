@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from streamguard.testing import InMemoryReceiptSink, RequestRecord, Upstream
 
@@ -36,9 +40,61 @@ def stopped_at_once(record: RequestRecord, t_stop: int) -> None:
     assert record.tokens_after(t_stop) <= 2
 
 
+async def cancelled_while_reading(
+    up: Upstream,
+    sink: InMemoryReceiptSink,
+    consume: Callable[[asyncio.Event], Awaitable[object]],
+    *,
+    settle: float = 0.0,
+) -> Any:
+    """Run ``consume(reading)`` as a task; once it sets ``reading`` (and ``settle`` seconds
+    later), cancel the task: the task ends in CancelledError, the model stream stops at once,
+    and there is one ``client`` receipt, which is returned."""
+    reading = asyncio.Event()
+    task = asyncio.create_task(consume(reading))
+    await reading.wait()
+    if settle:
+        await asyncio.sleep(settle)
+    t_stop = now()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(stopped_at_once, the_record(up), t_stop)
+    await sink.wait_for_async(1)
+    return one_receipt(sink, category="client")
+
+
+def guard_state() -> list[dict[str, Any]]:
+    """What the guard knows of its open streams (for a failure message: why no stop came)."""
+    from streamguard import _runtime
+
+    t = now()
+    state = []
+    for core in _runtime.get_runtime().active():
+        home = core._home
+        entry = core.timer_entry
+        timers = home.timers if home is not None else None
+        state.append(
+            {
+                "stream": core.stream_id,
+                "stop": core.stop_reason,
+                "in_read": core.in_read,
+                "watch": core.watch,
+                "ms_since_last": (t - core.t_last) / MS,
+                "timer_due_in_ms": None if entry is None else (entry[0] - t) / MS,
+                "loop": None if home is None else (home.name, home.running()),
+                "loop_alarm_in_ms": None
+                if timers is None or timers._alarm_due is None
+                else (timers._alarm_due - t) / MS,
+                "loop_watched": None if timers is None else len(timers),
+            }
+        )
+    return state
+
+
 def stopped_by_stall(record: RequestRecord, t_stop: int) -> None:
     """Break and keep: the stall timer stops it, well before the answer would have ended."""
-    assert record.wait_done(WAIT), "the upstream is still generating"
+    assert record.wait_done(WAIT), f"the upstream is still generating; guard: {guard_state()}"
     assert record.outcome == "disconnected", record.outcome
     assert record.disconnected_ns is not None
     assert record.disconnected_ns - t_stop < (STALL + 1.5) * 1e9

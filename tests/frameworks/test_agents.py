@@ -15,6 +15,7 @@ from ._harness import (
     CUT,
     LONG,
     SHORT,
+    cancelled_while_reading,
     completed_with_server_usage,
     now,
     one_receipt,
@@ -130,9 +131,7 @@ async def test_dropped_result_is_stopped_by_the_stall_timer(
 async def test_cancelled_consumer_task_stops_the_model_stream_at_once(
     up: Upstream, client: Any, kind: str, guarded: InMemoryReceiptSink
 ) -> None:
-    reading = asyncio.Event()
-
-    async def consume() -> None:
+    async def consume(reading: asyncio.Event) -> None:
         result = _run(client, kind, LONG)
         taken = 0
         async for event in result.stream_events():
@@ -141,13 +140,5 @@ async def test_cancelled_consumer_task_stops_the_model_stream_at_once(
                 reading.set()
                 await asyncio.sleep(30)  # cancelled in the consumer's own code
 
-    task = asyncio.create_task(consume())
-    await reading.wait()
-    t_stop = now()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.to_thread(stopped_at_once, the_record(up), t_stop)
-    await guarded.wait_for_async(1)
-    receipt = one_receipt(guarded, category="client")
+    receipt = await cancelled_while_reading(up, guarded, consume)
     assert receipt.reason in {"consumer_closed", "consumer_cancelled"}

@@ -14,6 +14,7 @@ from ._harness import (
     CUT,
     LONG,
     SHORT,
+    cancelled_while_reading,
     completed_with_server_usage,
     now,
     one_receipt,
@@ -197,9 +198,7 @@ async def test_async_aclose_stops_the_upstream_at_once(
 async def test_async_task_cancel_stops_the_upstream_at_once(
     up: Upstream, route: str, guarded: InMemoryReceiptSink
 ) -> None:
-    reading = asyncio.Event()
-
-    async def consume() -> None:
+    async def consume(reading: asyncio.Event) -> None:
         stream = await litellm.acompletion(**_kwargs(up, route, LONG))
         i = 0
         async for _chunk in stream:
@@ -208,12 +207,5 @@ async def test_async_task_cancel_stops_the_upstream_at_once(
                 reading.set()
                 await asyncio.sleep(30)  # the task is cancelled in the consumer's own code
 
-    task = asyncio.create_task(consume())
-    await reading.wait()
-    t_stop = now()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.to_thread(stopped_at_once, the_record(up), t_stop)
-    await guarded.wait_for_async(1)
-    one_receipt(guarded, reason="consumer_cancelled", category="client")
+    receipt = await cancelled_while_reading(up, guarded, consume)
+    assert receipt.reason == "consumer_cancelled"

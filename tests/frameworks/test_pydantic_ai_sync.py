@@ -4,9 +4,10 @@
 and hands items over through a zero-size memory stream from a pump task
 (``pydantic_ai._sync_stream.SyncStreamBridge.stream_sync``). The loop runs only while the
 caller waits for the next item, so a caller that breaks out and keeps the iterator leaves the
-pump suspended with the HTTP stream open: the stall timer must close it, though that loop is
-not running (today it does not: see the strict xfail below). Dropping the iterator or leaving
-the ``with`` block closes the pump, and with it the model stream, at once.
+pump suspended with the HTTP stream open: the stall timer closes it though that loop is not
+running (the watchdog thread notices a stream whose loop does not run: ``_engine/watchdog``).
+Dropping the iterator or leaving the ``with`` block closes the pump, and with it the model
+stream, at once.
 
 Each scenario runs in a worker thread of its own, as a sync request handler does: pydantic-ai
 refuses a sync stream on a thread whose event loop is running.
@@ -92,15 +93,6 @@ def test_run_stream_sync_complete_run_gets_completed_with_server_usage(
     completed_with_server_usage(guarded, the_record(up), provider="openai")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: an async stream's stall timer lives on its own event loop "
-        "(_engine/looptimers), which counts time the loop does not run as loop lag, never as a "
-        "stall; pydantic-ai's sync bridge runs its loop only while the caller waits for the next "
-        "piece, so a caller that breaks and keeps the iterator stops the loop and the timer"
-    ),
-)
 def test_run_stream_sync_break_and_keep_is_stopped_by_the_stall_timer(
     up: Upstream, guarded: InMemoryReceiptSink
 ) -> None:
@@ -112,10 +104,11 @@ def test_run_stream_sync_break_and_keep_is_stopped_by_the_stall_timer(
         assert len(_take(pieces, CUT)) == CUT
         return result, pieces, now()  # kept: nothing ever asks for the next piece
 
-    kept = in_worker(run)
+    kept = in_worker(run)  # the worker thread is free again; its loop stays stopped
     stopped_by_stall(the_record(up), kept[2])
-    one_receipt(guarded, reason="consumer_stalled", category="client")
-    assert kept is not None
+    receipt = one_receipt(guarded, reason="consumer_stalled", category="client")
+    assert "event loop was not running" in (receipt.detail or "")
+    assert receipt.tokens.committed >= CUT
 
 
 def test_run_stream_sync_break_and_drop_stops_the_upstream_at_once(
@@ -127,9 +120,9 @@ def test_run_stream_sync_break_and_drop_stops_the_upstream_at_once(
             pytest.mark.xfail(
                 strict=True,
                 reason=(
-                    "product bug (same cause as break+keep): this pydantic-ai never closes the "
-                    "async iterator of a dropped sync one and its loop stops, so neither "
-                    "pydantic-ai nor StreamGuard's loop timers close the model stream"
+                    "this pydantic-ai never closes the async iterator of a dropped sync one and "
+                    "its loop stops, so no signal reaches StreamGuard at the drop: the model "
+                    "stream is closed by the stall timer (the watchdog), not at once"
                 ),
             )
         )

@@ -18,6 +18,7 @@ Every home is cached per loop (per trio run), so that the streams of one loop sh
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -40,11 +41,22 @@ class Home:
     current_task: Callable[[], Any]
     timers: LoopTimers
 
+    def task_getter(self) -> Callable[[], Any]:
+        """*loop*: this loop's current task, in the cheapest form that a stream's driver can
+        keep for its life and call per chunk (it may hold the loop; the home does not)."""
+        return self.current_task
+
     def here(self) -> bool:
         """True if the caller runs on this loop (its thread, inside it)."""
         raise NotImplementedError
 
     def closed(self) -> bool:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        """True if the loop runs now (from any thread): its timers and callbacks can fire. A
+        loop stopped between ``run_until_complete`` calls, closed, or whose thread is gone
+        does not; a loop that runs late does."""
         raise NotImplementedError
 
     def run_soon(self, fn: Callable[[], object]) -> bool:
@@ -67,8 +79,8 @@ class Home:
         """*loop*: call ``self.timers.fire()`` after ``delay`` seconds (None: no alarm)."""
         raise NotImplementedError
 
-    async def wait(self, core: StreamCore) -> None:
-        """Wait on this loop until ``core`` is final (``mark_final`` calls ``notify``)."""
+    async def wait(self, core: StreamCore, *, closed: bool = False) -> None:
+        """Wait on this loop until ``core`` is final (``closed``: its upstream is closed)."""
         raise NotImplementedError
 
 
@@ -151,6 +163,16 @@ class AsyncioHome(Home):
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self._loop_ref()
 
+    def task_getter(self) -> Callable[[], Any]:
+        # Python 3.11's asyncio.current_task is a Python function that finds the running loop
+        # and looks it up in the tasks' dict: three calls per chunk, where one lookup bound to
+        # this loop is one. From 3.12 it is C: one call already.
+        get = getattr(asyncio.current_task, "__globals__", {}).get("_current_tasks")
+        loop = self._loop_ref()
+        if isinstance(get, dict) and loop is not None:
+            return functools.partial(get.get, loop)
+        return asyncio.current_task
+
     def here(self) -> bool:
         loop = self._loop_ref()
         return loop is not None and asyncio._get_running_loop() is loop
@@ -158,6 +180,10 @@ class AsyncioHome(Home):
     def closed(self) -> bool:
         loop = self._loop_ref()
         return loop is None or loop.is_closed()
+
+    def running(self) -> bool:
+        loop = self._loop_ref()
+        return loop is not None and loop.is_running() and not loop.is_closed()
 
     def run_soon(self, fn: Callable[[], object]) -> bool:
         loop = self._loop_ref()
@@ -192,10 +218,19 @@ class AsyncioHome(Home):
         if delay is not None and loop is not None and not loop.is_closed():
             self._alarm = loop.call_later(delay, self.timers.fire)
 
-    async def wait(self, core: StreamCore) -> None:
+    async def wait(self, core: StreamCore, *, closed: bool = False) -> None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if core.add_final_waiter(lambda: self.run_soon(lambda: _resolve(fut))):
+
+        def notify() -> None:
+            # On the loop itself (the stream's close task) resolve at once: a hop through
+            # call_soon_threadsafe would cost the awaiting close() a wake-up and a loop turn.
+            if asyncio._get_running_loop() is loop:
+                _resolve(fut)
+            else:
+                self.run_soon(lambda: _resolve(fut))
+
+        if core.add_final_waiter(notify, closed=closed):
             await fut
 
 
@@ -279,6 +314,9 @@ class TrioHome(Home):
     def closed(self) -> bool:
         return self.ended
 
+    def running(self) -> bool:
+        return not self.ended  # a trio run runs until it ends
+
     def run_soon(self, fn: Callable[[], object]) -> bool:
         import trio
 
@@ -356,11 +394,11 @@ class TrioHome(Home):
             self._alarm_scope = None
             self._alarm_task = False
 
-    async def wait(self, core: StreamCore) -> None:
+    async def wait(self, core: StreamCore, *, closed: bool = False) -> None:
         import trio
 
         event = trio.Event()
-        if core.add_final_waiter(lambda: self.run_soon(event.set)):
+        if core.add_final_waiter(lambda: self.run_soon(event.set), closed=closed):
             await event.wait()
 
 
@@ -378,3 +416,12 @@ class _RunWatcher:
         home = self.home
         home.ended = True
         _trio_homes.pop(home.token, None)
+        # A stream kept past the end of its run: trio has finalised the run's async
+        # generators, the SDK's response among them, and nothing can read it any more. It is
+        # stopped now (sealed from here: the run is gone), not left to the watchdog's stall.
+        for entry in list(home.timers.entries()):
+            core: StreamCore | None = entry[2]
+            if core is not None and core.stop_reason is None:
+                core.request_stop(
+                    StopReason.CONSUMER_CLOSED, "the trio run iterating the stream ended"
+                )

@@ -45,6 +45,7 @@ HIDE = -2
 
 _monotonic_ns = time.monotonic_ns
 _time_ns = time.time_ns
+_ZERO = (0, 0, 0, 0)
 
 
 class StreamCore(Lifecycle):
@@ -82,11 +83,16 @@ class StreamCore(Lifecycle):
         self.error_type: str | None = None
         self.rejected = False
         self._later: list[str] = []
-        # Units (chunks carrying model output) and the tokens they carry.
-        self.produced = self.committed = self.consumed = self.post_cutoff = 0
-        self.produced_tokens = self.committed_tokens = self.consumed_tokens = 0
-        self.post_cutoff_tokens = 0
-        self._pending: collections.deque[int] = collections.deque()  # committed, not consumed
+        # Units (chunks carrying model output) and the tokens they carry; see "Counters" below.
+        self._n = _ZERO  # (produced, produced_tokens, committed, committed_tokens)
+        self._asked = _ZERO  # ``_n`` when the application last asked for a unit
+        self._frozen: tuple[int, int, int, int] | None = None  # ``_n`` at the cutoff
+        self._frozen_asked = _ZERO
+        self._ext_consumed = self._ext_consumed_tokens = 0  # counted by ``consume``
+        self.post_cutoff = self.post_cutoff_tokens = 0
+        # Committed, not consumed, when ``consume`` counts consumption (made at the first unit:
+        # an empty deque is 600 bytes, and a stream consumed on the next ask never needs one).
+        self._pending: collections.deque[int] | None = None
         self.input_tokens: int | None = None
         self.cached_input_tokens: int | None = None  # of input_tokens, read from a cache
         self.usage_exact: int | None = None  # output tokens reported by the provider
@@ -110,8 +116,9 @@ class StreamCore(Lifecycle):
         self._home: Home | None = None  # the event loop of an async upstream
         self._followed: tuple[Any, Any] | None = None  # (task iterating it, home's token)
         self.timer_entry: list[Any] | None = None  # this stream's entry in its loop's timers
-        self._final_event = threading.Event()
+        self._final_event: threading.Event | None = None  # made by the first wait_final
         self._receipt_waiters: list[Callable[[], object]] = []
+        self._closed_waiters: list[Callable[[], object]] = []
         self.receipt: Receipt | None = None
         self.span: Any = None
         self.checks: list[Callable[[StreamCore, Any, int], None]] | None = None
@@ -121,16 +128,24 @@ class StreamCore(Lifecycle):
         self.policy_runs: list[Any] | None = None
         self.deadline: float | None = None  # per-request deadline (streamguard.limits)
         self.watch: Any = None
-        # The application asking for the next unit marks the previous one consumed, unless an
-        # integration counts consumption itself (the ASGI middleware: when bytes are sent).
+        # The application asking for the next unit marks the previous one consumed (the driver
+        # stores ``_n`` in ``_asked``), unless consumption is counted by ``consume``: the ASGI
+        # middleware (when bytes are sent) and StreamSession (acknowledgements) say False here
+        # before the first unit.
         self.consume_on_next = True
-        # The application asked for the next unit: everything handed over before is consumed.
-        # Applied lazily in the next critical section (admit, produce, stop) to save a lock
-        # per unit; logically it happened at the ask, before any later stop.
-        self.consume_due = False
         runtime.stream_opened(self)
 
     # ------------------------------------------------------------------------ counters
+    # One consumer reads a stream at a time, so the per-unit path takes no lock: the driver is
+    # the only writer of ``_n``, and replaces the whole tuple in one store, which no thread can
+    # see half-done. A stop from any thread sets ``stop_reason`` first and then, under the
+    # lock, freezes ``_n`` (``_freeze``); a unit checks ``stop_reason`` again after its store.
+    # Under the GIL one of the two sees the other: either the freeze holds the unit (it was
+    # committed before the cutoff and is handed over) or the unit sees the stop and waits on
+    # the lock for the freeze, then counts itself ``post_cutoff`` if the freeze missed it.
+    # Every reader reads the frozen tuple once there is one: the counters never move after
+    # the cutoff, whatever a racing unit stores.
+
     def admit(self, tokens: int, chunk: object = None) -> bool:
         """A unit arrived from upstream and is about to be handed over.
 
@@ -140,24 +155,27 @@ class StreamCore(Lifecycle):
         """
         if self.checks is not None:
             return self.produce(tokens, chunk) and self.commit(tokens)
-        # The hot path, with no checks: produced and committed in one critical section.
-        with self._lock:
-            if self.stop_reason is not None:
-                self.post_cutoff += 1
-                self.post_cutoff_tokens += tokens
-                return False
-            if self.consume_due:
-                self._consume_due_locked()
-            self.produced += 1
-            self.produced_tokens += tokens
-            self.committed += 1
-            self.committed_tokens += tokens
-            self._pending.append(tokens)
-            now = _monotonic_ns()
-            self.t_last = now
-            if self.t_first_chunk is None:
-                self.t_first_chunk = self.t_started + (now - self.t_started_mono)
+        if self.stop_reason is not None:
+            return self._cut(None, tokens)
+        p, pt, c, ct = self._n
+        n = self._n = (p + 1, pt + tokens, c + 1, ct + tokens)
+        if not self.consume_on_next:
+            self._hold(tokens)
+        self.t_last = now = _monotonic_ns()
+        if self.t_first_chunk is None:
+            self.t_first_chunk = self.t_started + (now - self.t_started_mono)
+        if self.stop_reason is not None:  # a stop from another thread raced with this unit
+            return self._cut(n, tokens)
         return True
+
+    def _cut(self, n: tuple[int, int, int, int] | None, tokens: int) -> bool:
+        """A unit met a stop: handed over only if the cutoff's freeze counted it (``n``)."""
+        with self._lock:  # the stopper holds it until the freeze is complete
+            if n is not None and self._frozen is n:
+                return True
+            self.post_cutoff += 1
+            self.post_cutoff_tokens += tokens
+        return False
 
     def produce(self, tokens: int, chunk: object = None) -> bool:
         """``admit``'s first half, for drivers that await checks in between; runs sync checks."""
@@ -166,10 +184,8 @@ class StreamCore(Lifecycle):
                 self.post_cutoff += 1
                 self.post_cutoff_tokens += tokens
                 return False
-            if self.consume_due:
-                self._consume_due_locked()
-            self.produced += 1
-            self.produced_tokens += tokens
+            p, pt, c, ct = self._n
+            self._n = (p + 1, pt + tokens, c, ct)
             if self.t_first_chunk is None:
                 self.t_first_chunk = _time_ns()
         if self.checks is not None:
@@ -182,28 +198,77 @@ class StreamCore(Lifecycle):
         with self._lock:
             if self.stop_reason is not None:
                 return False
-            self.committed += 1
-            self.committed_tokens += tokens
-            self._pending.append(tokens)
+            p, pt, c, ct = self._n
+            self._n = (p, pt, c + 1, ct + tokens)
+            if not self.consume_on_next:
+                self._hold(tokens)
             self.t_last = _monotonic_ns()
         return True
 
+    def _hold(self, tokens: int) -> None:
+        """A unit handed over waits in ``_pending`` for ``consume`` (by its one writer)."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = collections.deque()
+        pending.append(tokens)
+
     def consume(self, units: int = 1) -> int:
-        """The consumer is done with up to ``units`` handed-over units; frozen after the cutoff."""
-        done = 0
+        """The consumer is done with up to ``units`` handed-over units; frozen after the cutoff.
+
+        For streams whose consumption is not the next ask (``consume_on_next`` False)."""
+        done = tokens = 0
         with self._lock:
             if self.stop_reason is not None:
                 return 0
             pending = self._pending
             while done < units and pending:
-                self.consumed_tokens += pending.popleft()
+                tokens += pending.popleft()
                 done += 1
-            self.consumed += done
+            self._ext_consumed += done
+            self._ext_consumed_tokens += tokens
         return done
+
+    def _freeze(self) -> None:
+        """The cutoff (under the lock, after ``stop_reason`` is set): the counters stop here.
+        ``_asked`` is read before ``_n``, so what is frozen as consumed is never ahead of it."""
+        self._frozen_asked = self._asked
+        self._frozen = self._n
+
+    @property
+    def counts(self) -> tuple[int, int, int, int]:
+        """(produced, produced_tokens, committed, committed_tokens), as one consistent read."""
+        return self._frozen or self._n
+
+    @property
+    def produced(self) -> int:
+        return (self._frozen or self._n)[0]
+
+    @property
+    def produced_tokens(self) -> int:
+        return (self._frozen or self._n)[1]
+
+    @property
+    def committed(self) -> int:
+        return (self._frozen or self._n)[2]
+
+    @property
+    def committed_tokens(self) -> int:
+        return (self._frozen or self._n)[3]
+
+    @property
+    def consumed(self) -> int:
+        asked = self._asked if self._frozen is None else self._frozen_asked
+        return asked[2] + self._ext_consumed
+
+    @property
+    def consumed_tokens(self) -> int:
+        asked = self._asked if self._frozen is None else self._frozen_asked
+        return asked[3] + self._ext_consumed_tokens
 
     @property
     def inflight(self) -> int:
-        return len(self._pending)
+        """Units handed over and not consumed yet."""
+        return self.committed - self.consumed
 
     def set_usage(
         self,
@@ -226,18 +291,18 @@ class StreamCore(Lifecycle):
     def snapshot(self) -> dict[str, Any]:
         """The live counters (``stats``), consistent at one instant."""
         with self._lock:
-            if self.consume_due and self.stop_reason is None:
-                self._consume_due_locked()
+            produced, produced_tokens, committed, committed_tokens = self.counts
+            consumed = self.consumed
             return {
                 "stream_id": self.stream_id,
                 "state": ("open", "stopping", "closed", "final")[self.phase],
                 "reason": None if self.stop_reason is None else str(self.stop_reason),
-                "produced": self.produced,
-                "committed": self.committed,
-                "consumed": self.consumed,
+                "produced": produced,
+                "committed": committed,
+                "consumed": consumed,
                 "post_cutoff": self.post_cutoff,
-                "produced_tokens": self.produced_tokens,
-                "committed_tokens": self.committed_tokens,
+                "produced_tokens": produced_tokens,
+                "committed_tokens": committed_tokens,
                 "consumed_tokens": self.consumed_tokens,
-                "undelivered": self.produced - self.consumed,
+                "undelivered": produced - consumed,
             }

@@ -12,8 +12,9 @@ provider guards reuse the drivers with their own meters and closers.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NoReturn, TypeVar, cast
 
 from streamguard._engine import ports
 from streamguard._engine.core import HIDE, StreamCore
@@ -27,6 +28,7 @@ T = TypeVar("T")
 Meter = Callable[[Any], int]
 
 _monotonic_ns = time.monotonic_ns
+_time_ns = time.time_ns
 # Stops after which reading on just ends: the stream completed, or whoever would read the
 # rest is gone (the consumer closed it, was cancelled, or its HTTP client disconnected).
 _QUIET = frozenset(
@@ -41,6 +43,14 @@ _QUIET = frozenset(
 
 def _one_unit(chunk: object) -> int:
     return 1
+
+
+def _fast_call(meter: Meter) -> Meter:
+    """A meter object's bound ``__call__``: calling it skips the type-slot lookup that calling
+    the object itself goes through (a few dozen ns on every chunk)."""
+    if isinstance(vars(type(meter)).get("__call__"), types.FunctionType):
+        return cast(Meter, meter.__call__)  # type: ignore[operator]
+    return meter
 
 
 def meter_fault(exc: Exception) -> int:
@@ -78,7 +88,7 @@ class _Driver:
 
     def __init__(self, core: StreamCore, meter: Meter | None) -> None:
         self.core = core
-        self.meter = meter or _one_unit
+        self.meter = _fast_call(meter) if meter is not None else _one_unit
         self._errored = False
 
     def _after_stop(self) -> BaseException | None:
@@ -88,12 +98,20 @@ class _Driver:
         self._errored = True
         return stop_error(self.core)
 
+    #: What ends this driver's iteration (StopIteration or StopAsyncIteration).
+    _END: type[Exception] = StopIteration
+
     def _raise_failed(self, exc: BaseException) -> NoReturn:
         """An exception at the read boundary: stop the stream, then raise it (or, when the
-        guard had already cut the stream and the SDK only noticed, the stop's exception)."""
+        guard had already cut the stream and the SDK only noticed, the stop's exception; or
+        the end of the iteration when that stop was a quiet one, the consumer having left:
+        a read another thread was in when the consumer closed the stream ends, it does not
+        raise the transport error the guard's own socket shutdown caused)."""
         replacement = self._upstream_failed(exc)
         if replacement is not None and replacement is not exc:
             raise replacement from exc
+        if replacement is exc and self.core.stop_reason in _QUIET:
+            raise self._END from None
         raise exc
 
     def _upstream_failed(self, exc: BaseException) -> BaseException | None:
@@ -118,18 +136,32 @@ class _Driver:
 
 
 class SyncDriver(_Driver):
-    """Reads a sync iterator through the core."""
+    """Reads a sync iterator through the core.
 
-    __slots__ = ("_it",)
+    ``next_of`` (with ``iterator`` None) is for a stream guarded in place whose SDK iteration
+    must run on the stream itself (anthropic's observer sees every item): the SDK's unbound
+    ``__next__``, called with the stream the caller passes to ``next``. The driver never holds
+    that stream (PROVIDERS.md pitfall 12), and no layer is added per chunk to reach it.
+    """
 
-    def __init__(self, core: StreamCore, iterator: Iterator[Any], meter: Meter | None) -> None:
+    __slots__ = ("_it", "_next_of")
+
+    def __init__(
+        self,
+        core: StreamCore,
+        iterator: Iterator[Any] | None,
+        meter: Meter | None,
+        next_of: Callable[[Any], Any] | None = None,
+    ) -> None:
         super().__init__(core, meter)
         self._it = iterator
+        self._next_of = next_of
 
-    def next(self) -> Any:
+    def next(self, owner: Any = None) -> Any:
+        """The next chunk for the application; ``owner`` is the stream guarded in place."""
         core = self.core
-        if core._pending and core.consume_on_next:
-            core.consume_due = True
+        if core.consume_on_next:  # the ask: every unit handed over so far is consumed
+            core._asked = core._n
         if core.stop_reason is not None:
             raise self._after_stop() or StopIteration
         if core.idle_clock:
@@ -138,7 +170,8 @@ class SyncDriver(_Driver):
         meter = self.meter
         try:
             while True:
-                chunk = next(self._it)
+                it = self._it
+                chunk = next(it) if it is not None else self._next_of(owner)  # type: ignore[misc]
                 try:
                     tokens = meter(chunk)
                 except Exception as exc:  # a chunk shape the meter does not know (G7)
@@ -155,7 +188,18 @@ class SyncDriver(_Driver):
             self._raise_failed(exc)
         core.in_read = False
         if tokens >= 0:
-            if not core.admit(tokens, chunk):
+            if core.checks is None and core.consume_on_next and core.stop_reason is None:
+                # StreamCore.admit's common case, inlined (no call per chunk): see its
+                # "Counters" comment for why one tuple store and a second look suffice.
+                p, pt, c, ct = core._n
+                n = core._n = (p + 1, pt + tokens, c + 1, ct + tokens)
+                if core.watch is not None:  # a timer reads the stall clock
+                    core.t_last = _monotonic_ns()
+                if core.t_first_chunk is None:
+                    core.t_first_chunk = _time_ns()
+                if core.stop_reason is not None and not core._cut(n, tokens):
+                    raise self._after_stop() or StopIteration
+            elif not core.admit(tokens, chunk):
                 raise self._after_stop() or StopIteration
         elif core.stop_reason is not None:
             raise self._after_stop() or StopIteration
@@ -172,25 +216,38 @@ class AsyncDriver(_Driver):
     """Reads an async iterator through the core; watches the task that iterates it.
 
     Works on any event loop the core's home supports (asyncio, uvloop, trio): the current
-    task comes from the home, found once when the upstream was bound.
+    task comes from the home (``Home.task_getter``, its cheapest form), found once when the
+    upstream was bound. ``anext_of`` is ``SyncDriver``'s ``next_of`` for async streams.
     """
 
-    __slots__ = ("_ait", "_current_task", "_task")
+    __slots__ = ("_ait", "_anext_of", "_current_task", "_task")
+    _END = StopAsyncIteration
 
-    def __init__(self, core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None) -> None:
+    def __init__(
+        self,
+        core: StreamCore,
+        iterator: AsyncIterator[Any] | None,
+        meter: Meter | None,
+        anext_of: Callable[[Any], Awaitable[Any]] | None = None,
+    ) -> None:
         super().__init__(core, meter)
         self._ait = iterator
+        self._anext_of = anext_of
         self._task: Any = None
         if core._home is None:
             from streamguard._engine.aio import current_home
 
             core._home = current_home()
-        self._current_task = core._home.current_task
+        self._current_task = core._home.task_getter()
 
-    async def next(self) -> Any:
+    async def next(self, owner: Any = None) -> Any:
+        """The next chunk for the application. ``owner``, the stream guarded in place, is also
+        held by this coroutine until it is awaited, as the SDK's own awaitable holds its
+        stream: in ``anext(await client.messages.create(stream=True))`` the stream is dropped
+        before the read, and must not be closed as abandoned."""
         core = self.core
-        if core._pending and core.consume_on_next:
-            core.consume_due = True
+        if core.consume_on_next:  # the ask: every unit handed over so far is consumed
+            core._asked = core._n
         if core.stop_reason is not None:
             raise self._after_stop() or StopAsyncIteration
         task = self._current_task()
@@ -202,7 +259,8 @@ class AsyncDriver(_Driver):
         meter = self.meter
         try:
             while True:
-                chunk = await self._ait.__anext__()
+                ait = self._ait  # anext(): the type slot, no attribute lookup
+                chunk = await (anext(ait) if ait is not None else self._anext_of(owner))  # type: ignore[misc]
                 try:
                     tokens = meter(chunk)
                 except Exception as exc:  # a chunk shape the meter does not know (G7)
@@ -219,7 +277,22 @@ class AsyncDriver(_Driver):
             self._raise_failed(exc)
         core.in_read = False
         if tokens >= 0:
-            if core.async_checks is None:
+            if (
+                core.checks is None
+                and core.async_checks is None
+                and core.consume_on_next
+                and core.stop_reason is None
+            ):
+                # StreamCore.admit's common case, inlined: see SyncDriver.next.
+                p, pt, c, ct = core._n
+                n = core._n = (p + 1, pt + tokens, c + 1, ct + tokens)
+                if core.watch is not None:  # a timer reads the stall clock
+                    core.t_last = _monotonic_ns()
+                if core.t_first_chunk is None:
+                    core.t_first_chunk = _time_ns()
+                if core.stop_reason is not None and not core._cut(n, tokens):
+                    raise self._after_stop() or StopAsyncIteration
+            elif core.async_checks is None:
                 if not core.admit(tokens, chunk):
                     raise self._after_stop() or StopAsyncIteration
             elif not (

@@ -6,12 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 from streamguard._engine import ports
 from streamguard._engine.core import StreamCore
+from streamguard._engine.lifecycle import CLOSED
 from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
     from streamguard._receipts.model import Receipt
 
-__all__ = ["StreamHandle", "active_streams", "cancel_stream", "to_reason"]
+__all__ = ["RECEIPT_WAIT", "StreamHandle", "active_streams", "cancel_stream", "to_reason"]
+
+RECEIPT_WAIT = 10.0
+"""How long ``StreamHandle.receipt`` waits for the receipt of an ended stream to be sealed."""
 
 
 def to_reason(reason: StopReason | str) -> StopReason:
@@ -49,8 +53,19 @@ class StreamHandle:
 
     @property
     def receipt(self) -> Receipt | None:
-        """The signed receipt once the stream is final, else None."""
-        return self._core.receipt
+        """The signed receipt once the stream has ended, else None.
+
+        A stream's receipt is sealed off the application's thread, just after its upstream
+        closed: read after the stream ended (``close()`` returned, the loop finished or raised),
+        this waits for that seal (at most ``RECEIPT_WAIT`` seconds) rather than answer None.
+        While the stream runs, or while an async close is still pending on its event loop, it
+        is None at once (``wait_receipt`` / ``await``-able waits are for those).
+        """
+        core = self._core
+        receipt = core.receipt
+        if receipt is None and core.phase == CLOSED:
+            return core.wait_final(RECEIPT_WAIT)
+        return receipt
 
     def cancel(
         self, reason: StopReason | str = StopReason.MANUAL, detail: str | None = None

@@ -9,7 +9,7 @@ held before a check is forced. A block stops the stream: nothing held is handed 
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from streamguard._engine.core import HIDE, StreamCore
@@ -56,15 +56,20 @@ class HoldbackSyncDriver(SyncDriver):
     __slots__ = ("_hold",)
 
     def __init__(
-        self, core: StreamCore, iterator: Iterator[Any], meter: Meter | None, runs: list[Any]
+        self,
+        core: StreamCore,
+        iterator: Iterator[Any] | None,
+        meter: Meter | None,
+        runs: list[Any],
+        next_of: Callable[[Any], Any] | None = None,
     ) -> None:
-        super().__init__(core, iterator, meter)
+        super().__init__(core, iterator, meter, next_of)
         self._hold = _Held(runs, core.runtime.options.max_buffered)
 
-    def next(self) -> Any:
+    def next(self, owner: Any = None) -> Any:
         core, hold = self.core, self._hold
-        if core._pending and core.consume_on_next:
-            core.consume_due = True
+        if core.consume_on_next:  # the ask: every unit handed over so far is consumed
+            core._asked = core._n
         while not hold.ready:
             if core.stop_reason is not None:
                 raise self._after_stop() or StopIteration
@@ -72,7 +77,8 @@ class HoldbackSyncDriver(SyncDriver):
                 core.t_last = _now()
             core.in_read = True
             try:
-                chunk = next(self._it)
+                it = self._it
+                chunk = next(it) if it is not None else self._next_of(owner)  # type: ignore[misc]
             except StopIteration:
                 core.in_read = False
                 self._end_of_stream()
@@ -108,15 +114,20 @@ class HoldbackAsyncDriver(AsyncDriver):
     __slots__ = ("_hold",)
 
     def __init__(
-        self, core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None, runs: list[Any]
+        self,
+        core: StreamCore,
+        iterator: AsyncIterator[Any] | None,
+        meter: Meter | None,
+        runs: list[Any],
+        anext_of: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> None:
-        super().__init__(core, iterator, meter)
+        super().__init__(core, iterator, meter, anext_of)
         self._hold = _Held(runs, core.runtime.options.max_buffered)
 
-    async def next(self) -> Any:
+    async def next(self, owner: Any = None) -> Any:
         core, hold = self.core, self._hold
-        if core._pending and core.consume_on_next:
-            core.consume_due = True
+        if core.consume_on_next:  # the ask: every unit handed over so far is consumed
+            core._asked = core._n
         task = self._current_task()
         if task is not self._task:
             self._follow(task)
@@ -127,7 +138,8 @@ class HoldbackAsyncDriver(AsyncDriver):
                 core.t_last = _now()
             core.in_read = True
             try:
-                chunk = await self._ait.__anext__()
+                ait = self._ait
+                chunk = await (ait.__anext__() if ait is not None else self._anext_of(owner))  # type: ignore[misc]
             except StopAsyncIteration:
                 core.in_read = False
                 if hold.held:
@@ -205,18 +217,27 @@ def _now() -> int:
     return time.monotonic_ns()
 
 
-def sync_driver(core: StreamCore, iterator: Iterator[Any], meter: Meter | None) -> SyncDriver:
-    """The driver for a sync stream: a hold-back one when a policy needs it."""
+def sync_driver(
+    core: StreamCore,
+    iterator: Iterator[Any] | None,
+    meter: Meter | None,
+    next_of: Callable[[Any], Any] | None = None,
+) -> SyncDriver:
+    """The driver for a sync stream: a hold-back one when a policy needs it (``next_of``:
+    see ``SyncDriver``)."""
     runs = needs_holdback(core)
     if runs:
-        return HoldbackSyncDriver(core, iterator, meter, runs)
-    return SyncDriver(core, iterator, meter)
+        return HoldbackSyncDriver(core, iterator, meter, runs, next_of)
+    return SyncDriver(core, iterator, meter, next_of)
 
 
 def async_driver(
-    core: StreamCore, iterator: AsyncIterator[Any], meter: Meter | None
+    core: StreamCore,
+    iterator: AsyncIterator[Any] | None,
+    meter: Meter | None,
+    anext_of: Callable[[Any], Awaitable[Any]] | None = None,
 ) -> AsyncDriver:
     runs = needs_holdback(core)
     if runs:
-        return HoldbackAsyncDriver(core, iterator, meter, runs)
-    return AsyncDriver(core, iterator, meter)
+        return HoldbackAsyncDriver(core, iterator, meter, runs, anext_of)
+    return AsyncDriver(core, iterator, meter, anext_of)

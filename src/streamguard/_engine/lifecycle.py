@@ -9,19 +9,24 @@ adds no call on any path (the methods are found on the class, as if defined ther
   and change nothing.
 - The upstream is closed exactly once, whoever stops the stream and from whichever thread;
   an async upstream is closed on its own event loop (its ``Home``), where the stream's timer
-  and the watch on its task are dropped too.
-- ``runtime.finalize`` runs once, after the upstream is closed, on every path; it seals the
-  receipt and calls ``mark_final``.
+  and the watch on its task are dropped too. Stopped from elsewhere, its socket is shut down
+  at once from the stopping thread (``abort``); when that loop is not running, the stream is
+  finalized then, not when (if ever) the loop runs the close. The consumer's own ``await
+  close()`` on that loop runs the close inline, as the bare SDK's does (``stop_async``).
+- ``runtime.finalize`` runs once, after the upstream is closed, on every path; the runtime
+  seals the receipt (on its receipt writer's thread, so the stopping thread does not wait for
+  it) and calls ``mark_final``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
+
+from streamguard._engine.phases import CLOSED, FINAL, OPEN, STOPPING
 
 if TYPE_CHECKING:
     from streamguard._engine.aio import Home
@@ -31,8 +36,6 @@ if TYPE_CHECKING:
     from streamguard._receipts.model import Receipt
 
 __all__ = ["CLOSED", "FINAL", "OPEN", "STOPPING", "Lifecycle"]
-
-OPEN, STOPPING, CLOSED, FINAL = 0, 1, 2, 3
 
 _monotonic_ns = time.monotonic_ns
 _time_ns = time.time_ns
@@ -51,24 +54,26 @@ class Lifecycle:
         "__weakref__",
         "_abort",
         "_aclose",
+        "_asked",
         "_close",
+        "_closed_waiters",
+        "_ext_consumed",
+        "_ext_consumed_tokens",
         "_final_event",
         "_followed",
+        "_frozen",
+        "_frozen_asked",
         "_home",
         "_later",
         "_lock",
+        "_n",
         "_pending",
         "_receipt_waiters",
         "async_checks",
         "attributes",
         "cached_input_tokens",
         "checks",
-        "committed",
-        "committed_tokens",
-        "consume_due",
         "consume_on_next",
-        "consumed",
-        "consumed_tokens",
         "deadline",
         "detail",
         "error_type",
@@ -83,8 +88,6 @@ class Lifecycle:
         "policy_runs",
         "post_cutoff",
         "post_cutoff_tokens",
-        "produced",
-        "produced_tokens",
         "provider",
         "receipt",
         "rejected",
@@ -120,8 +123,8 @@ class Lifecycle:
     detail: str | None
     error_type: str | None
     rejected: bool
+    in_read: bool
     receipt: Receipt | None
-    consume_due: bool
     checks: list[Callable[[Any, Any, int], None]] | None
     async_checks: list[Any] | None
     timer_entry: list[Any] | None
@@ -136,18 +139,9 @@ class Lifecycle:
     _abort: Callable[[], object] | None
     _home: Home | None
     _followed: tuple[Any, Any] | None
-    _final_event: threading.Event
-    _pending: collections.deque[int]
-    consumed: int
-    consumed_tokens: int
+    _final_event: threading.Event | None
     _receipt_waiters: list[Callable[[], object]]
-
-    def _consume_due_locked(self) -> None:
-        self.consume_due = False
-        pending = self._pending
-        while pending:
-            self.consumed_tokens += pending.popleft()
-            self.consumed += 1
+    _closed_waiters: list[Callable[[], object]]
 
     # ----------------------------------------------------------------- upstream binding
     def bind_upstream(
@@ -176,6 +170,11 @@ class Lifecycle:
 
             self.checks = [*(self.checks or ()), sync_checker(self.async_checks)]
             self.async_checks = None
+        if self.stop_reason is not None:
+            # Stopped before its upstream was bound (an owner scope that had already stopped
+            # adopted it while the request was being sent): the response just bound is closed
+            # now, or the server would go on generating for nobody.
+            self._close_upstream()
 
     # ------------------------------------------------------------------------ stopping
     def request_stop(
@@ -192,14 +191,26 @@ class Lifecycle:
         and return False. An async upstream is closed by a task on its own loop; this call does
         not wait for it (use ``stop_async`` inside a coroutine to wait).
         """
+        if not self._stop_first(reason, detail, error, rejected):
+            return False
+        self._close_upstream()
+        return True
+
+    def _stop_first(
+        self,
+        reason: StopReason,
+        detail: str | None,
+        error: BaseException | None = None,
+        rejected: bool = False,
+    ) -> bool:
+        """Record the stop signal; True if it is the first (the caller then closes)."""
         with self._lock:
             if self.stop_reason is not None:
                 if len(self._later) < 16:
                     self._later.append(str(reason))
                 return False
-            if self.consume_due:  # the ask came before this stop
-                self._consume_due_locked()
-            self.stop_reason = reason
+            self.stop_reason = reason  # first: a unit racing with the stop sees it (core.py)
+            _core(self)._freeze()
             self.detail = detail
             self.rejected = rejected
             if error is not None:
@@ -208,27 +219,75 @@ class Lifecycle:
             self.t_stop_mono = _monotonic_ns()
             self.phase = STOPPING
         self.runtime.unwatch(_core(self))
-        self._close_upstream()
         return True
 
     async def stop_async(self, reason: StopReason, detail: str | None = None) -> bool:
-        """``request_stop`` from a coroutine, waiting until the receipt is sealed."""
-        first = self.request_stop(reason, detail)
-        await self.wait_final_async()
+        """``request_stop`` from a coroutine, waiting until the upstream is closed.
+
+        Awaited on the stream's own loop by the first stop (the consumer's ``close()``) of an
+        upstream with a socket to shut (``abort``: every SDK's), the upstream's ``aclose`` runs
+        right here in the caller's task, as the bare SDK's close does: no task, no future, no
+        loop turn of its own. Always closes the upstream, even when cancelled: a close that is
+        cancelled or fails part-way shuts the socket down before the exception propagates
+        (the SDKs' HTTP clients also close the connection under a cancellation shield), and
+        the stream is finalized, its receipt produced once, either way. The socket is shut
+        first only while another task awaits a chunk (it must wake now). Anywhere else
+        (another loop or thread, a stream already stopping, an upstream with no socket, whose
+        close only a task of its own finishes whatever happens to the caller) this waits for
+        the close that runs in a task on the stream's loop. The receipt is sealed just after,
+        off this loop (``wait_final_async`` waits for it; ``handle.receipt`` does too once the
+        upstream is closed).
+        """
+        home = self._home
+        if (
+            self._abort is not None
+            and self._aclose is not None
+            and home is not None
+            and home.here()
+        ):
+            first = self._stop_first(reason, detail)
+            # Not the first stop, or its closer taken meanwhile: wait for that close instead.
+            aclose, abort = self._take_aclose() if first else (None, None)
+            if aclose is not None:
+                if self.in_read:
+                    # Another task on this loop is awaiting a chunk: it wakes now, not when
+                    # the close gets to the socket.
+                    self._abort_upstream(abort)
+                    abort = None
+                await self._run_aclose(aclose, abort)
+                return True
+        else:
+            first = self.request_stop(reason, detail)
+        if self.phase < CLOSED:
+            await self._wait_async(closed=True)
         return first
 
+    def _take_aclose(
+        self,
+    ) -> tuple[Callable[[], Awaitable[object]] | None, Callable[[], object] | None]:
+        """Claim the async closer and the socket abort (once)."""
+        aclose, self._aclose = self._aclose, None
+        abort, self._abort = self._abort, None
+        return aclose, abort
+
+    def _abort_upstream(self, abort: Callable[[], object] | None) -> bool:
+        """Shut the upstream's socket down from this thread; False if that raised."""
+        if abort is None:
+            return True
+        try:
+            abort()
+        except Exception as exc:  # aclose still runs; the receipt says what happened
+            self.detail = self.detail or f"aborting the upstream raised {type(exc).__name__}"
+            return False
+        return True
+
     def _close_upstream(self) -> None:
-        aclose, home = self._aclose, self._home
-        if aclose is not None and home is not None:
-            self._aclose = None
-            abort, self._abort = self._abort, None
-            if abort is not None:
-                try:
-                    abort()
-                except Exception as exc:  # aclose still runs; the receipt says what happened
-                    self.detail = (
-                        self.detail or f"aborting the upstream raised {type(exc).__name__}"
-                    )
+        home = self._home
+        if self._aclose is not None and home is not None:
+            aclose, abort = self._take_aclose()
+            assert aclose is not None
+            if not self._abort_upstream(abort):
+                abort = None
 
             async def run_aclose() -> None:
                 await self._run_aclose(aclose)
@@ -237,8 +296,18 @@ class Lifecycle:
                 home.spawn(run_aclose)
                 return
             if home.run_soon(lambda: home.spawn(run_aclose)):
-                return
-            self.detail = self.detail or "the upstream's event loop was closed"
+                if home.running():
+                    return
+                # A loop that is not running (stopped between run_until_complete calls, its
+                # thread gone) runs the aclose only if it runs again, maybe never: the receipt
+                # does not wait for it. The socket was shut down from this thread above.
+                if abort is None:
+                    self.detail = self.detail or (
+                        "the upstream's event loop is not running: its connection is closed "
+                        "when the loop runs again"
+                    )
+            else:
+                self.detail = self.detail or "the upstream's event loop was closed"
             self._closed()
             return
         close, self._close = self._close, None
@@ -249,12 +318,20 @@ class Lifecycle:
             self.detail = self.detail or f"closing the upstream raised {type(exc).__name__}"
         self._closed()
 
-    async def _run_aclose(self, aclose: Callable[[], Awaitable[object]]) -> None:
+    async def _run_aclose(
+        self,
+        aclose: Callable[[], Awaitable[object]],
+        abort: Callable[[], object] | None = None,
+    ) -> None:
+        """Close the upstream on its loop, then finalize; ``abort``, not yet run, shuts the
+        socket if the close fails or is cancelled part-way (the SDKs' HTTP clients close the
+        connection itself under a cancellation shield; this makes sure of it)."""
         self._detach()
         try:
             await aclose()
         except BaseException as exc:  # cancellation of the closer must not skip the receipt
             self.detail = self.detail or f"closing the upstream raised {type(exc).__name__}"
+            self._abort_upstream(abort)
             self._closed()
             if not isinstance(exc, Exception):
                 raise
@@ -279,22 +356,36 @@ class Lifecycle:
             self.phase = CLOSED
             self.t_upstream_closed = _time_ns()
             self.t_upstream_closed_mono = _monotonic_ns()
+            waiters, self._closed_waiters = self._closed_waiters, []
+        for notify in waiters:
+            notify()
         self.runtime.finalize(_core(self))
 
     # ------------------------------------------------------------------------ finishing
     def mark_final(self, receipt: Receipt | None) -> None:
-        """Called once by the runtime after the receipt is sealed and emitted."""
+        """Called once by the runtime (from any thread) after the receipt is sealed and
+        emitted; wakes ``wait_final``, ``wait_final_async`` and the final waiters."""
         with self._lock:
             self.receipt = receipt
             self.phase = FINAL
             waiters, self._receipt_waiters = self._receipt_waiters, []
-        self._final_event.set()
+            waiters += self._closed_waiters  # none: closing notified them
+            self._closed_waiters = []
+            event = self._final_event
+        if event is not None:
+            event.set()
         for notify in waiters:
             notify()
 
-    def add_final_waiter(self, notify: Callable[[], object]) -> bool:
-        """Call ``notify`` (from any thread) once final; False, not calling it, if it is."""
+    def add_final_waiter(self, notify: Callable[[], object], *, closed: bool = False) -> bool:
+        """Call ``notify`` (from any thread) once final (``closed``: once the upstream is
+        closed); False, not calling it, if it already is."""
         with self._lock:
+            if closed:
+                if self.phase >= CLOSED:
+                    return False
+                self._closed_waiters.append(notify)
+                return True
             if self.phase == FINAL:
                 return False
             self._receipt_waiters.append(notify)
@@ -302,20 +393,28 @@ class Lifecycle:
 
     def wait_final(self, timeout: float | None = None) -> Receipt | None:
         """Block until the receipt is sealed (or ``timeout``); returns it."""
-        self._final_event.wait(timeout)
+        with self._lock:
+            if self.phase == FINAL:
+                return self.receipt
+            event = self._final_event
+            if event is None:
+                event = self._final_event = threading.Event()
+        event.wait(timeout)
         return self.receipt
 
     async def wait_final_async(self) -> Receipt | None:
         """Wait, on whichever event loop runs this, until the receipt is sealed."""
-        if self.phase == FINAL:
-            return self.receipt
+        if self.phase != FINAL:
+            await self._wait_async(closed=False)
+        return self.receipt
+
+    async def _wait_async(self, *, closed: bool) -> None:
         home = self._home
         if home is None or not home.here():
             from streamguard._engine.aio import current_home
 
             home = current_home()
-        await home.wait(_core(self))
-        return self.receipt
+        await home.wait(_core(self), closed=closed)
 
     def later_signals(self) -> list[str]:
         return list(self._later)

@@ -14,6 +14,10 @@ stall and idle clocks leave it out (the deadline, a wall-clock limit, does not).
 that really stops is cut once the loop has run promptly for ``stall_timeout`` since its last
 ask: at once on an idle loop, later (by the lag) on a late one, never early.
 
+A loop that does not run at all (stopped between ``run_until_complete`` calls, closed, its
+thread gone) is not late: its alarm cannot fire, and the watchdog thread cuts its stalled
+streams instead, forgiving only the lag recorded while the loop still ran (``watchdog``).
+
 A probe up to ``SLACK`` late is not lag but the timer's granularity (asyncio rounds a poll's
 timeout up to the millisecond; a busy machine adds scheduling noise). Counting it would let many
 streams, whose alarms fire every millisecond or so, add up a lag nearly equal to the time passed,
@@ -28,6 +32,7 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
+from streamguard._engine import ports
 from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
@@ -40,25 +45,30 @@ TICK_NS = 250_000_000  # the lag probe's period while streams are watched
 SLACK_NS = 5_000_000  # lateness of a probe that is the timer's granularity, not loop lag
 #: Private knob (tests and benchmarks): False makes new loops' timers ignore loop lag.
 _LAG_COMPENSATION = True
-_MAX_SAMPLES = 8192  # ~34 minutes of probes at TICK_NS: older lag is not forgiven
+BUCKET_NS = TICK_NS // 2  # loop lag is kept per bucket of this length
+_MAX_SAMPLES = 8192  # buckets: ~17 minutes of lagged time; older lag is not forgiven
 _monotonic_ns = time.monotonic_ns
 
 
 class LagClock:
     """How late one loop ran: ``lag(t0, t1)`` is the loop lag (ns) between two instants.
 
-    Samples are ``(when, total_lag_by_then, lag_since_previous_sample)``, at most one per half
-    ``TICK``. Within a sample's interval the lag is assumed to come last, which forgives the
-    consumer as much as the probe allows and never more than the loop really lost.
+    A probe due at ``due`` that fires at ``now`` shows that nobody on the loop could act from
+    ``due + SLACK`` to ``now``: that interval is lag, and only that one (a probe on time adds
+    nothing). Lag is kept per time bucket of half a ``TICK`` (bucket index, its lag, the total
+    through its end), so memory stays bounded at one entry per half ``TICK`` of lagged time.
+    Within a bucket its lag is assumed to come last, which forgives a consumer at most one
+    bucket (125 ms) more than the loop really lost, never more: lag is never carried past the
+    bucket it happened in, however many probes come after it.
     """
 
-    __slots__ = ("_lags", "_late", "_pending_due", "_total", "_when")
+    __slots__ = ("_bucket", "_in_bucket", "_pending_due", "_recorded_to", "_total")
 
     def __init__(self) -> None:
-        self._when: list[int] = []
-        self._lags: list[int] = []
-        self._late: list[int] = []
-        self._total = 0
+        self._bucket: list[int] = []  # bucket index (t // BUCKET_NS), increasing
+        self._in_bucket: list[int] = []  # lag within that bucket (<= BUCKET_NS)
+        self._total: list[int] = []  # lag through the end of that bucket
+        self._recorded_to = 0  # lag is recorded up to this instant
         self._pending_due: int | None = None  # when the probe should fire next
 
     def expect(self, due: int | None) -> None:
@@ -67,31 +77,46 @@ class LagClock:
 
     def fired(self, now: int, due: int) -> None:
         """The probe due at ``due`` ran at ``now``."""
-        late = max(0, now - due - SLACK_NS)
         self._pending_due = None
-        self._total += late
-        when = self._when
-        if when and now - when[-1] < TICK_NS // 2:
-            when[-1] = now
-            self._lags[-1] = self._total
-            self._late[-1] += late
+        start = max(due + SLACK_NS, self._recorded_to)
+        if now <= start:
             return
-        when.append(now)
-        self._lags.append(self._total)
-        self._late.append(late)
-        if len(when) > 2 * _MAX_SAMPLES:
-            del when[:_MAX_SAMPLES], self._lags[:_MAX_SAMPLES], self._late[:_MAX_SAMPLES]
+        self._recorded_to = now
+        buckets, in_bucket, total = self._bucket, self._in_bucket, self._total
+        so_far = total[-1] if total else 0
+        b = start // BUCKET_NS
+        while start < now:
+            end = min(now, (b + 1) * BUCKET_NS)
+            so_far += end - start
+            if buckets and buckets[-1] == b:
+                in_bucket[-1] += end - start
+                total[-1] = so_far
+            else:
+                buckets.append(b)
+                in_bucket.append(end - start)
+                total.append(so_far)
+            start, b = end, b + 1
+        if len(buckets) > 2 * _MAX_SAMPLES:
+            del buckets[:_MAX_SAMPLES], in_bucket[:_MAX_SAMPLES], total[:_MAX_SAMPLES]
 
     def total_at(self, t: int) -> int:
-        """Lag accumulated up to instant ``t`` (not later than now)."""
-        when = self._when
-        if not when or t > when[-1]:
-            # After the last probe: the pending one, if overdue at t, was late by t - due.
-            due = self._pending_due
-            return self._total + (max(0, t - due - SLACK_NS) if due is not None else 0)
-        i = bisect.bisect_left(when, t)
-        # t is in (when[i-1], when[i]]: the lag of that interval counts as coming last.
-        return self._lags[i] - min(self._late[i], when[i] - t)
+        """Lag accumulated up to instant ``t`` (not later than now), from an arbitrary origin."""
+        buckets = self._bucket
+        b = t // BUCKET_NS
+        i = bisect.bisect_right(buckets, b) - 1
+        if i < 0:
+            so_far = self._total[0] - self._in_bucket[0] if buckets else 0
+        elif buckets[i] < b:
+            so_far = self._total[i]
+        else:  # t is in bucket i, whose lag came last: [its end - its lag, its end]
+            lag = self._in_bucket[i]
+            before = t - ((b + 1) * BUCKET_NS - lag)
+            so_far = self._total[i] - lag + min(lag, max(0, before))
+        # After what is recorded: the pending probe, if overdue at t, was late by t - due.
+        due = self._pending_due
+        if due is not None:
+            so_far += max(0, t - max(due + SLACK_NS, self._recorded_to))
+        return so_far
 
     def lag(self, t0: int, now: int) -> int:
         """Loop lag between ``t0`` and ``now``."""
@@ -100,9 +125,10 @@ class LagClock:
         return max(0, self.total_at(now) - self.total_at(t0))
 
     def reset(self) -> None:
-        self._when.clear()
-        self._lags.clear()
-        self._late.clear()
+        self._bucket.clear()
+        self._in_bucket.clear()
+        self._total.clear()
+        self._recorded_to = 0
         self._pending_due = None
 
 
@@ -125,6 +151,11 @@ class LoopTimers:
     def __len__(self) -> int:
         """Streams watched (dropped entries excluded)."""
         return len(self._heap) - self._dead
+
+    def entries(self) -> list[list[Any]]:
+        """The heap's entries ``[due, seq, core or None]`` (the watchdog copies it: a loop that
+        is not running does not touch it)."""
+        return self._heap
 
     def arm(self, core: StreamCore) -> None:
         """Start watching ``core`` (its ``watch`` limits are set)."""
@@ -173,21 +204,32 @@ class LoopTimers:
             self.lag.fired(now, due_alarm)
         heap = self._heap
         stops: list[tuple[StreamCore, StopReason]] = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            core: StreamCore | None = entry[2]
-            if core is None:
-                self._dead -= 1
-                continue
-            core.timer_entry = None
-            reason, due = evaluate(core, now, self._forgive)
-            if reason is not None:
-                stops.append((core, reason))
-            elif due is not None:
-                self._push(core, due)
-        self._schedule(now)
+        try:
+            while heap and heap[0][0] <= now:
+                entry = heapq.heappop(heap)
+                core: StreamCore | None = entry[2]
+                if core is None:
+                    self._dead -= 1
+                    continue
+                core.timer_entry = None
+                try:
+                    reason, due = evaluate(core, now, self._forgive)
+                except Exception as exc:  # this stream's timers are lost; never the others'
+                    ports.report_fault("timers.evaluate", exc)
+                    continue
+                if reason is not None:
+                    stops.append((core, reason))
+                elif due is not None:
+                    self._push(core, due)
+        finally:
+            # Whatever happened above, the alarm is set again for the streams still watched:
+            # a lost alarm would leave every stream of this loop without its timers.
+            self._schedule(now)
         for core, reason in stops:
-            core.request_stop(reason, DETAIL[reason])
+            try:
+                core.request_stop(reason, DETAIL[reason])
+            except Exception as exc:  # one stream's stop failing must not skip the others'
+                ports.report_fault("timers.stop", exc)
 
     def _schedule(self, now: int) -> None:
         heap = self._heap

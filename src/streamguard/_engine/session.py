@@ -128,6 +128,7 @@ class StreamSession(StreamHandle):
             request_max_tokens=max_tokens,
             attributes=attributes,
         )
+        core.consume_on_next = False  # acknowledgements count consumption (``consume``)
         runtime.begin(core)
         core.text_of = _text_of
         if core.async_checks is not None:

@@ -7,7 +7,6 @@ are decimal strings from the runtime's prices, null when the model has no known 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamguard._engine.reasons import StopReason
 from streamguard._money.pricing import money
+from streamguard._receipts.ids import new_id
 from streamguard._receipts.model import Costs, Times, Tokens
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ WHOLE_COMPLETION = "whole_completion"
 #: The generation belongs to a server-side object (an Assistants run, an agent session) that
 #: goes on when the stream's connection closes: closing the stream prevents nothing.
 RUNS_ON_SERVER = "runs_on_server"
+_RULES = frozenset({STOPS_ON_ABORT, WHOLE_COMPLETION, RUNS_ON_SERVER})
 # How each provider bills a stream that is cut: every provider here stops generating, and
 # billing, when the connection closes (ollama is local and bills nothing). A gateway that
 # bills the whole completion is configured with instrument(billing={"name": "whole_completion"}).
@@ -60,7 +61,12 @@ BILLING = {
 
 
 def billing_rule(billing: Mapping[str, str], core: StreamCore) -> str:
-    """How ``core``'s stream is billed when cut: its operation's rule, else its provider's."""
+    """How ``core``'s stream is billed when cut: the stream's own rule where its request
+    decided it (a provider layer sets the ``billing`` attribute: an openai background response
+    runs on the server), else its operation's rule, else its provider's."""
+    own = core.attributes.get("billing")
+    if own in _RULES:
+        return str(own)
     rule = billing.get(f"{core.provider}/{core.operation}")
     return rule if rule is not None else billing.get(core.provider, STOPS_ON_ABORT)
 
@@ -101,7 +107,7 @@ def receipt_fields(
     undelivered = produced - consumed
     trace_id, span_id = span_ids
     return {
-        "receipt_id": os.urandom(16).hex(),
+        "receipt_id": new_id(),
         "stream_id": core.stream_id,
         "provider": core.provider,
         "model": core.model,

@@ -138,19 +138,28 @@ def attributes(value: object) -> dict[str, str | int | bool]:
         raise TypeError(f"attributes must be a mapping, got {kind(value)}")
     out: dict[str, str | int | bool] = {}
     for key, item in value.items():
-        name = f"attributes[{preview(key, 40)}]"
-        key = text("an attribute name", key)
-        if type(item) is bool:
+        if type(key) is not str or not key:  # the common case (a plain str name) calls nothing
+            key = text("an attribute name", key)
+        if type(item) is str or type(item) is bool:
             out[key] = item
         elif type(item) is int:
             if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
-                raise ValueError(f"{name} must be within +-(2**53-1), got {preview(item)}")
+                raise ValueError(
+                    f"{_attribute(key)} must be within +-(2**53-1), got {preview(item)}"
+                )
             out[key] = item
         elif isinstance(item, str):
-            out[key] = text(name, item, empty=True)
+            out[key] = text(_attribute(key), item, empty=True)
         else:
-            raise TypeError(f"{name} must be a string, integer or boolean, got {kind(item)}")
+            raise TypeError(
+                f"{_attribute(key)} must be a string, integer or boolean, got {kind(item)}"
+            )
     return out
+
+
+def _attribute(key: str) -> str:
+    """How a message names an attribute (built only when there is something to say)."""
+    return f"attributes[{preview(key, 40)}]"
 
 
 def exact_keys(name: str, value: object, fields: Collection[str]) -> Mapping[str, Any]:

@@ -154,7 +154,8 @@ class Ledger:
 
 def _prepare(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Validated constructor arguments for ``Receipt`` (nested parts as dataclasses)."""
-    if not isinstance(fields, Mapping):
+    # A dict (what the runtime passes) first: the Mapping ABC's check runs Python code.
+    if type(fields) is not dict and not isinstance(fields, Mapping):
         raise TypeError(f"fields must be a mapping, got {type(fields).__name__}")
     unknown = [k for k in fields if k not in _ACCEPTED]
     if unknown:

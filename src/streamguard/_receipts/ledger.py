@@ -7,8 +7,12 @@ Guarantees of ``JsonlLedgerSink``
       single ``O_APPEND`` write under an exclusive ``flock`` of the file, so lines from threads,
       and from processes sharing the file (forked workers, each with its own chain), never
       interleave; with ``fsync=True`` the line is on disk when ``emit`` returns.
-    - Lines appear in ``emit`` order. The runtime emits to it inside the chain's critical
-      section (``in_chain_order``), so the file is in chain order under any number of threads.
+    - Lines appear in ``emit``/``append`` order. The runtime writes it inside the chain's
+      critical section (``in_chain_order``), so the file is in chain order under any number of
+      threads.
+    - ``append`` writes the line without the fsync; ``sync()`` then fsyncs every line appended
+      since the last one. The runtime's receipt writer appends a batch of receipts and syncs
+      once per batch (see ``_receipts.writer``); ``emit`` is ``append`` + ``sync``.
     - A new file is created with mode 0600 (owner read/write only, whatever the umask): receipts
       name models, tenants and spend. An existing file keeps its mode.
     - After ``os.fork()`` the child re-opens the file (its own open file description, so the
@@ -20,6 +24,7 @@ Guarantees of ``JsonlLedgerSink``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -50,6 +55,7 @@ class JsonlLedgerSink:
         self._path = os.fspath(path)
         self._fsync = fsync
         self._lock = threading.Lock()
+        self._dirty = False
         parent = os.path.dirname(self._path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -67,6 +73,18 @@ class JsonlLedgerSink:
 
     def emit(self, receipt: Receipt) -> None:
         """Append one line for ``receipt`` (and fsync it unless ``fsync=False``)."""
+        self.append(receipt)
+        self.sync()
+
+    def sync(self) -> None:
+        """fsync the lines appended since the last sync (nothing with ``fsync=False``)."""
+        with self._lock:
+            fd, dirty, self._dirty = self._fd, self._dirty, False
+            if dirty and fd is not None and self._fsync:
+                os.fsync(fd)
+
+    def append(self, receipt: Receipt) -> None:
+        """Write one line for ``receipt``; ``sync()`` makes it durable."""
         line = (receipt.to_json() + "\n").encode("utf-8")
         with self._lock:
             fd = self._fd
@@ -77,6 +95,7 @@ class JsonlLedgerSink:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 written = os.write(fd, line)
+                self._dirty = True
                 if written != len(line):
                     # Short write (e.g. disk full mid-line): end the fragment so the next
                     # receipt starts on a line of its own; verify reports the fragment.
@@ -89,8 +108,6 @@ class JsonlLedgerSink:
             finally:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-            if self._fsync:
-                os.fsync(fd)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock and an fd of the child's own (see the module doc)."""
@@ -106,7 +123,9 @@ class JsonlLedgerSink:
         os.close(inherited)  # the child's copy only: the parent's fd stays open
 
     def close(self) -> None:
-        """Close the file. A second call does nothing."""
+        """fsync what was appended and close the file. A second call does nothing."""
+        with contextlib.suppress(OSError):  # closing still closes; the lines were written
+            self.sync()
         with self._lock:
             fd, self._fd = self._fd, None
         if fd is not None:

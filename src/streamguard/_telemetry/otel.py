@@ -23,6 +23,7 @@ from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from streamguard._telemetry import names as n
+from streamguard._telemetry.totals import Counted, counted, totals
 
 if TYPE_CHECKING:
     from streamguard._receipts.model import Receipt
@@ -76,6 +77,7 @@ class Telemetry:
         self._ready = False
         # (provider, model, outcome, reason, category, error type) -> attribute sets.
         self._sets: dict[tuple[str, ...], _AttributeSets] = {}
+        self._active: dict[str, Counted] = {}  # provider -> its streams.active attribute set
 
     def _setup(self) -> None:
         with self._lock:
@@ -89,11 +91,8 @@ class Telemetry:
             self.ttfc = _histogram(meter, n.TTFC, n.TTFC_BUCKETS)
             self.stop_latency = _histogram(meter, n.STOP_LATENCY, n.STOP_LATENCY_BUCKETS)
             self.drift = _histogram(meter, n.ESTIMATE_DRIFT, n.DRIFT_BUCKETS)
-            self.streams = meter.create_counter(*n.STREAMS)
-            self.active = meter.create_up_down_counter(*n.STREAMS_ACTIVE)
-            self.tokens = meter.create_counter(*n.TOKENS)
-            self.cost = meter.create_counter(*n.COST)
-            self.receipts = meter.create_counter(*n.RECEIPTS)
+            # streams, streams.active, tokens, cost, receipts: summed here, observed (totals).
+            totals.register(meter)
             self.store_errors = meter.create_counter(*n.BUDGET_STORE_ERRORS)
             self._ready = True
 
@@ -119,7 +118,13 @@ class Telemetry:
         core.span = self.tracer.start_span(
             name, kind=SpanKind.CLIENT, attributes=attributes, start_time=core.t_started
         )
-        self.active.add(1, {n.PROVIDER: core.provider})
+        totals.add(_ACTIVE, 1, self._active_set(core.provider))
+
+    def _active_set(self, provider: str) -> Counted:
+        found = self._active.get(provider)
+        if found is None:
+            found = self._active[provider] = counted({n.PROVIDER: provider})
+        return found
 
     def store_error(self, budget: str, fail_open: bool) -> None:
         if not self._ready:
@@ -131,7 +136,7 @@ class Telemetry:
         if core.span is not None:
             core.span.set_attribute("streamguard.unguarded", why)
             core.span.end()
-            self.active.add(-1, {n.PROVIDER: core.provider})
+            totals.add(_ACTIVE, -1, self._active_set(core.provider))
 
     def span_ids(self, core: StreamFacts) -> tuple[str | None, str | None]:
         ctx = core.span.get_span_context() if core.span is not None else None
@@ -165,7 +170,7 @@ class Telemetry:
             if receipt is not None:
                 self._emit_log(core, span, receipt)
         finally:
-            self.active.add(-1, {n.PROVIDER: provider})
+            totals.add(_ACTIVE, -1, self._active_set(provider))
             self._record_metrics(core, receipt, base, outcome, reason, category)
 
     def _finish_span(
@@ -242,8 +247,9 @@ class Telemetry:
             return  # no meter provider: the API would drop every point; skip building them
         error = (core.error_type or "upstream_error") if outcome == "failed" else ""
         sets = self._attribute_sets(base, outcome, reason, category, error)
-        self.streams.add(1, sets.stream)
-        self.receipts.add(1, sets.emitted if receipt is not None else sets.failed)
+        add = totals.add
+        add(_STREAMS, 1, sets.stream)
+        add(_RECEIPTS, 1, sets.emitted if receipt is not None else sets.failed)
         end = core.t_upstream_closed or core.t_stop_requested or core.t_started
         self.duration.record(max(0, end - core.t_started) / 1e9, sets.duration)
         if core.t_first_chunk is not None:
@@ -273,16 +279,17 @@ class Telemetry:
             ("prevented", tokens.prevented_estimate),
         ):
             if value:
-                self.tokens.add(value, kinds[kind])
+                add(_TOKENS, value, kinds[kind])
         cost = receipt.cost
         for kind, amount in (
             ("spent", _sum(cost.input, cost.output)),
             ("undelivered", cost.undelivered),
             ("prevented", cost.prevented_estimate),
         ):
-            if amount is not None and Decimal(amount) > 0:
+            # "0" is what an amount of nothing is written as (pricing.money): no Decimal needed.
+            if amount is not None and amount != "0" and Decimal(amount) > 0:
                 # Metric values are floats by nature; receipts keep the exact decimal strings.
-                self.cost.add(float(amount), kinds[kind])
+                add(_COST, float(amount), kinds[kind])
 
     def _attribute_sets(
         self, base: dict[str, str], outcome: str, reason: str, category: str, error: str
@@ -317,28 +324,46 @@ class _AttributeSets:
         self, base: dict[str, str], outcome: str, reason: str, category: str, error: str
     ) -> None:
         self.base = dict(base)
-        self.stream = {**base, n.OUTCOME: outcome, n.STOP_REASON: reason}
+        stream = {**base, n.OUTCOME: outcome, n.STOP_REASON: reason}
         if category:
-            self.stream[n.STOP_CATEGORY] = category
-        self.emitted = {n.OUTCOME: outcome, n.RESULT: "emitted"}
-        self.failed = {n.OUTCOME: outcome, n.RESULT: "failed"}
+            stream[n.STOP_CATEGORY] = category
+        # The counters' sets carry their totals key (see totals); the histograms' are dicts.
+        self.stream = counted(stream)
+        self.emitted = counted({n.OUTCOME: outcome, n.RESULT: "emitted"})
+        self.failed = counted({n.OUTCOME: outcome, n.RESULT: "failed"})
         self.duration = {**base, n.ERROR_TYPE: error} if error else dict(base)
         self.reason = {n.STOP_REASON: reason}
         self.drift = {d: {**base, n.DRIFT_DIRECTION: d} for d in ("over", "under", "exact")}
         self.token_type = {t: {**base, n.TOKEN_TYPE: t} for t in ("input", "output")}
         kinds = ("input", "produced", "consumed", "undelivered", "post_cutoff", "prevented")
-        self.kind = {k: {**base, n.KIND: k} for k in (*kinds, "spent")}
+        self.kind = {k: counted({**base, n.KIND: k}) for k in (*kinds, "spent")}
 
 
 _MAX_ATTRIBUTE_SETS = 1024
+_ACTIVE, _STREAMS, _TOKENS, _COST, _RECEIPTS = (
+    n.STREAMS_ACTIVE[0],
+    n.STREAMS[0],
+    n.TOKENS[0],
+    n.COST[0],
+    n.RECEIPTS[0],
+)
 
 
 def _metrics_installed() -> bool:
     """True once a real MeterProvider is installed (not the API's proxy or no-op one)."""
-    return not isinstance(metrics.get_meter_provider(), _NOOP_METER_PROVIDERS)
+    global _meter_provider_seen
+    provider = metrics.get_meter_provider()
+    seen, installed = _meter_provider_seen
+    if provider is not seen:
+        # The providers are ABCs: an isinstance check runs Python code, so it runs once per
+        # provider object, not once per stream. (A tuple swap: safe from any thread.)
+        installed = not isinstance(provider, _NOOP_METER_PROVIDERS)
+        _meter_provider_seen = (provider, installed)
+    return installed
 
 
 _NOOP_METER_PROVIDERS = (metrics.NoOpMeterProvider, _ProxyMeterProvider)
+_meter_provider_seen: tuple[object, bool] = (None, False)
 
 
 def _sum(a: str | None, b: str | None) -> str | None:

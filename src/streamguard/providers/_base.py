@@ -100,14 +100,25 @@ def _str(value: object) -> str | None:
 
 
 def _server(base_url: object) -> tuple[str | None, int | None]:
+    """``server.address`` and ``server.port`` of a client's base URL, parsed once per URL (a
+    process has a few clients; each stream would otherwise parse its client's URL again)."""
     if base_url is None:
         return None, None
-    try:
-        parts = urlsplit(str(base_url))
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return parts.hostname, port
-    except ValueError:
-        return None, None
+    url = str(base_url)
+    found = _servers.get(url)
+    if found is None:
+        try:
+            parts = urlsplit(url)
+            found = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            found = None, None
+        if len(_servers) >= 256:  # base URLs are the application's: bound what is kept
+            _servers.clear()
+        _servers[url] = found
+    return found
+
+
+_servers: dict[str, tuple[str | None, int | None]] = {}
 
 
 def fail_core(core: StreamCore, exc: BaseException) -> None:

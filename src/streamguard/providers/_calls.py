@@ -35,12 +35,16 @@ def abort_closer(response: Any, core: StreamCore) -> Callable[[], None]:
 
     ``response.close()`` from another thread (the watchdog, an ASGI disconnect) does not wake
     a thread blocked in ``recv`` on a silent upstream, and the connection stays open until data
-    arrives. So, unless the stream completed (its connection may be back in the pool), the
-    socket is shut down first: the reader wakes and the server sees the disconnect now.
+    arrives. So, while a read is in progress and unless the stream completed (its connection
+    may be back in the pool), the socket is shut down first: the reader wakes and the server
+    sees the disconnect now. With no read in progress (the consumer's own ``close()``),
+    ``response.close()`` closes the unfinished connection itself, as the bare SDK's does.
     """
+    abort = socket_abort(response, core)
 
     def close() -> None:
-        socket_abort(response, core)()
+        if core.in_read:
+            abort()
         response.close()
 
     return close

@@ -77,6 +77,9 @@ class ParsedRequest:
     max_tokens: int | None
     input_tokens: int
     include_usage: bool = True
+    #: A background response (openai Responses ``background: true``): generated to the end
+    #: after the client disconnects, until cancelled.
+    background: bool = False
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Turn:
     pieces: list[str] = field(default_factory=list)
     events: int = 0  # frames numbered so far, for formats that number their events
     elapsed_ns: int = 0  # generation time so far, for formats that report durations
+    background: bool = False  # generated on after the client leaves, until cancelled
 
     @property
     def generated(self) -> int:

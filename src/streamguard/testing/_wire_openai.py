@@ -198,6 +198,12 @@ class ResponsesWire(Wire):
     ``response.incomplete`` instead, as OpenAI does (the SDK's ``get_final_response()`` then
     raises, as it does against OpenAI). ``GET /v1/responses/{id}?stream=true`` (``retrieve``)
     streams a stored response the same way.
+
+    ``background: true`` makes a background response, as OpenAI runs one: the server generates
+    it to the end whether or not the client stays connected, until
+    ``POST /v1/responses/{id}/cancel`` (``responses.cancel``) stops it; the cancel answers the
+    response with status ``cancelled``. The request's record says when the client left
+    (``disconnected_ns``) and how generation ended (``completed`` or ``cancelled``).
     """
 
     provider: ClassVar[str] = "openai"
@@ -221,6 +227,7 @@ class ResponsesWire(Wire):
             stream=bool(body.get("stream")),
             max_tokens=positive_int(body.get("max_output_tokens")),
             input_tokens=input_tokens_of(body, "input", "instructions"),
+            background=body.get("background") is True,
         )
 
     def _incomplete(self, turn: Turn) -> bool:
@@ -255,11 +262,11 @@ class ResponsesWire(Wire):
             if status == "incomplete":
                 incomplete = {"reason": "max_output_tokens"}
         return {
-            "id": f"resp_up{turn.request_id}",
+            "id": self.response_id(turn),
             "object": "response",
             "created_at": turn.created,
             "status": status,
-            "background": False,
+            "background": turn.background,
             "error": None,
             "incomplete_details": incomplete,
             "instructions": None,
@@ -332,6 +339,14 @@ class ResponsesWire(Wire):
     def whole(self, turn: Turn) -> dict[str, Any]:
         status = "incomplete" if self._incomplete(turn) else "completed"
         return self._response(turn, status, final=True)
+
+    def cancelled(self, turn: Turn) -> dict[str, Any]:
+        """The body of ``POST /v1/responses/{id}/cancel``: the response, cancelled."""
+        return self._response(turn, "cancelled", final=False)
+
+    @staticmethod
+    def response_id(turn: Turn) -> str:
+        return f"resp_up{turn.request_id}"
 
     def error(self, status: int, message: str) -> dict[str, Any]:
         return openai_error(status, message)

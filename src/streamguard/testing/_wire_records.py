@@ -80,6 +80,10 @@ class RequestRecord:
     ``outcome`` is ``running`` until the request ends, then one of ``completed`` (the whole
     response was sent), ``disconnected`` (the client went away first), ``reset`` (a fault cut
     the connection), ``http_error``, or ``shutdown`` (the upstream stopped mid-request).
+
+    A background response (openai ``background: true``) is generated on when the client goes:
+    ``disconnected_ns`` says when it left, and the request ends when generation does,
+    ``completed`` (generated to the end, sent or not) or ``cancelled`` (``responses.cancel``).
     """
 
     id: int
@@ -143,6 +147,13 @@ class RequestRecord:
                 return
             self.outcome = outcome
             self.completed = outcome == "completed"
-            self.disconnected_ns = disconnected_ns
+            if disconnected_ns is not None:  # a background response's client left before
+                self.disconnected_ns = disconnected_ns
             self.finished_ns = time.monotonic_ns()
         self._done.set()
+
+    def _client_left(self, t_ns: int) -> None:
+        """The client of a background response went away; generation goes on."""
+        with self._lock:
+            if self.disconnected_ns is None:
+                self.disconnected_ns = t_ns

@@ -23,7 +23,10 @@ class InMemoryReceiptSink:
     """A thread-safe ``ReceiptSink`` that keeps every emitted receipt in order.
 
     ``receipts`` returns a snapshot (a new list), so tests can assert on it while streams are
-    still finishing in other threads.
+    still finishing in other threads. Receipts are sealed off the stopping thread, so reading
+    (``receipts``, ``by_stream``, ``len``, ...) first waits until every stream that already
+    ended has its receipt emitted (``streamguard.flush()``): a test reads what a stream that
+    returned from ``close()`` left behind, without a wait of its own.
     """
 
     def __init__(self) -> None:
@@ -37,6 +40,7 @@ class InMemoryReceiptSink:
 
     @property
     def receipts(self) -> list[Receipt]:
+        _flush()
         with self._changed:
             return list(self._receipts)
 
@@ -46,12 +50,14 @@ class InMemoryReceiptSink:
 
     def by_stream(self, stream_id: str) -> list[Receipt]:
         """Every receipt of ``stream_id``; exactly one is what DESIGN G4 promises."""
+        _flush()
         with self._changed:
             return [r for r in self._receipts if r.stream_id == stream_id]
 
     def streams_with_more_than_one(self) -> dict[str, int]:
         """Stream id -> receipt count, for every stream that got more than one receipt
         (DESIGN G4 promises exactly one: the dict is empty)."""
+        _flush()
         with self._changed:
             counts = collections.Counter(r.stream_id for r in self._receipts)
         return {stream: n for stream, n in counts.items() if n > 1}
@@ -65,6 +71,8 @@ class InMemoryReceiptSink:
         with self._changed:
             if not self._changed.wait_for(lambda: len(self._receipts) >= n, timeout):
                 raise TimeoutError(self._timeout_message(n, timeout))
+        _flush()  # the writer finished with those streams too (span ended, stream final)
+        with self._changed:
             return list(self._receipts)
 
     # The timeout is a parameter (not asyncio.timeout around the call) so the failure can say
@@ -74,7 +82,10 @@ class InMemoryReceiptSink:
         deadline = time.monotonic() + timeout
         while True:
             with self._changed:
-                if len(self._receipts) >= n:
+                arrived = len(self._receipts) >= n
+            if arrived:
+                _flush()
+                with self._changed:
                     return list(self._receipts)
             if time.monotonic() >= deadline:
                 with self._changed:
@@ -85,6 +96,7 @@ class InMemoryReceiptSink:
         return f"expected {n} receipt(s) within {timeout}s, got {len(self._receipts)}"
 
     def __len__(self) -> int:
+        _flush()
         with self._changed:
             return len(self._receipts)
 
@@ -142,6 +154,13 @@ def receipt_fields(**overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return fields
+
+
+def _flush() -> None:
+    """Wait for the receipt writers (not when called by one: a sink must not wait for itself)."""
+    from streamguard import _runtime
+
+    _runtime.flush_all(10.0)
 
 
 async def _sleep(seconds: float) -> None:

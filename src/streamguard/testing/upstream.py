@@ -140,7 +140,7 @@ class Upstream:
         """Start serving; returns once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError("This Upstream is already started; create another one.")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._host, self._port))
         self._port = sock.getsockname()[1]

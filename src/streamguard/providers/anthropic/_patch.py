@@ -13,7 +13,6 @@ from typing import Any
 
 from streamguard._engine.core import NOT_A_UNIT, StreamCore
 from streamguard._engine.drivers import Meter
-from streamguard._money.estimate import estimate_tokens
 from streamguard.providers._base import Patcher
 from streamguard.providers._stainless import (
     StainlessSdk,
@@ -59,15 +58,27 @@ class MessagesMeter:
         self.core = core
 
     def __call__(self, event: Any) -> int:
-        kind = event.type
+        try:  # attribute reads, not getattr calls: this runs on every chunk
+            kind = event.type
+        except AttributeError:
+            return NOT_A_UNIT
         if kind == "content_block_delta":
             delta = event.delta
-            text = (
-                getattr(delta, "text", None)
-                or getattr(delta, "partial_json", None)
-                or getattr(delta, "thinking", None)
-            )
-            return estimate_tokens(text) or 1
+            try:
+                dkind = delta.type
+            except AttributeError:
+                dkind = None
+            if dkind == "text_delta":
+                text = delta.text
+            elif dkind == "input_json_delta":
+                text = delta.partial_json
+            else:
+                text = (
+                    getattr(delta, "text", None)
+                    or getattr(delta, "partial_json", None)
+                    or getattr(delta, "thinking", None)
+                )
+            return (len(text) + 2) >> 2 or 1 if text else 1  # estimate_tokens, inlined
         core = self.core
         if kind == "message_start":
             message = event.message
@@ -91,7 +102,7 @@ class MessagesMeter:
 
     @staticmethod
     def text(event: Any) -> str | None:
-        if event.type != "content_block_delta":
+        if getattr(event, "type", None) != "content_block_delta":
             return None
         return getattr(event.delta, "text", None)
 

@@ -23,13 +23,14 @@ class GeminiMeter:
     one, and the receipt counts the finished requests plus the current one.
     """
 
-    __slots__ = ("_before", "_current", "_finished", "core")
+    __slots__ = ("_before", "_current", "_finished", "_seen", "core")
 
     def __init__(self, core: StreamCore) -> None:
         self.core = core
         self._before = (0, 0, 0)  # (input, output, cached) of the requests that finished
         self._current = (0, 0, 0)
         self._finished = False
+        self._seen: tuple[Any, ...] = ()  # the input counts of the last usage looked at
 
     def __call__(self, chunk: Any) -> int:
         core = self.core
@@ -43,11 +44,30 @@ class GeminiMeter:
             candidate = candidates[0]
             finish = candidate.finish_reason
             content = candidate.content
-            if content is not None and content.parts:
-                tokens = _parts_tokens(content.parts)
+            parts = content.parts if content is not None else None
+            if parts:
+                # The common case inlined (text parts; estimate_tokens per part): no call but
+                # len() per chunk. Any other part is left to _parts_tokens.
+                tokens = 0
+                for part in parts:
+                    text = part.text
+                    if not text or part.function_call is not None:
+                        tokens = _parts_tokens(parts)
+                        break
+                    tokens += (len(text) + 2) >> 2 or 1
         usage = chunk.usage_metadata
         if usage is not None:
-            self._observe(usage, finished=finish is not None)
+            # A running total on every chunk: what the receipt takes from it (the input count
+            # at once, the output count at the end) changes on few chunks, so only those are
+            # looked at further.
+            seen = (
+                usage.prompt_token_count,
+                usage.tool_use_prompt_token_count,
+                usage.cached_content_token_count,
+            )
+            if finish is not None or self._finished or seen != self._seen:
+                self._seen = seen
+                self._observe(usage, finished=finish is not None)
         if finish is not None:
             core.finish_reasons.append(str(getattr(finish, "value", finish)))
         return tokens

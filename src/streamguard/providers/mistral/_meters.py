@@ -72,9 +72,20 @@ class CompletionMeter:
         if choice.finish_reason:
             core.finish_reasons.append(str(choice.finish_reason))
         delta = choice.delta
-        tokens = estimate_tokens(_content_text(delta.content, thinking=True))
-        if delta.tool_calls:
-            for call in delta.tool_calls:
+        content = delta.content
+        # A list (pydantic validates it to one) or the SDK's UNSET/None: testing its type
+        # skips UNSET's __bool__, a Python call per chunk.
+        tool_calls = delta.tool_calls
+        if type(tool_calls) is not list:
+            tool_calls = None
+        if type(content) is str:  # the common case, inlined
+            if not tool_calls:
+                return (len(content) + 2) >> 2 or 1 if content else NOT_A_UNIT
+            tokens = estimate_tokens(content)
+        else:
+            tokens = estimate_tokens(_content_text(content, thinking=True))
+        if tool_calls:
+            for call in tool_calls:
                 tokens += _arguments_tokens(call.function.name, call.function.arguments)
         return tokens if tokens else NOT_A_UNIT
 

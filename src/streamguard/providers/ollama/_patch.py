@@ -75,7 +75,7 @@ class OllamaMeter:
                 return max(1, estimate_tokens(text))
         else:
             text = part.response if not self.chat else None
-        return max(1, (len(text) + 2) >> 2) if text else NOT_A_UNIT  # estimate_tokens
+        return ((len(text) + 2) >> 2 or 1) if text else NOT_A_UNIT  # estimate_tokens, inlined
 
     @staticmethod
     def text(part: Any) -> str | None:

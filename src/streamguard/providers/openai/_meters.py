@@ -6,6 +6,7 @@ from typing import Any
 
 from streamguard._engine.core import HIDE, NOT_A_UNIT, StreamCore
 from streamguard._money.estimate import estimate_tokens
+from streamguard.providers.openai._background import mark_background
 
 __all__ = ["AutoMeter", "ChatMeter", "ResponsesMeter"]
 
@@ -48,7 +49,10 @@ class ChatMeter:
         choice = choices[0]
         if choice.finish_reason is not None:
             core.finish_reasons.append(choice.finish_reason)
-        delta = getattr(choice, "delta", None)
+        try:
+            delta = choice.delta  # an attribute read, not a getattr call: this runs per chunk
+        except AttributeError:
+            delta = None
         if delta is None:  # legacy completions
             text = choice.text
             return estimate_tokens(text) if text else NOT_A_UNIT
@@ -56,7 +60,7 @@ class ChatMeter:
         tool_calls = delta.tool_calls
         if not tool_calls:
             # The common case, inlined: estimate_tokens(content) for a text delta.
-            return max(1, (len(content) + 2) >> 2) if content else NOT_A_UNIT
+            return ((len(content) + 2) >> 2 or 1) if content else NOT_A_UNIT
         tokens = estimate_tokens(content)
         for call in tool_calls:
             function = call.function
@@ -108,6 +112,8 @@ class ResponsesMeter:
             core.response_model = response.model
             if core.model is None and response.model:
                 core.model = response.model  # retrieve(stream=True) names no model
+            if getattr(response, "background", None) is True:
+                mark_background(core)
             usage = response.usage
             if usage is not None:
                 details = getattr(usage, "input_tokens_details", None)

@@ -4,7 +4,9 @@ Chat completions, legacy completions, the Responses API (``responses`` and ``bet
 audio transcriptions, image generation and edits, Assistants runs and agent sessions get their
 meters (``ENDPOINTS``); the request side injects ``include_usage`` into chat and completions
 requests that did not ask for it (the extra chunk is then hidden from the application) and reads
-the limits for the receipt.
+the limits for the receipt. A background response (``background=True``) goes on generating on
+the server when its stream is closed: ``_background`` bills it so and cancels it where
+``cancel_background`` says.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from streamguard.providers._stainless import (
     raw_response_close,
     release,
 )
+from streamguard.providers.openai._background import BackgroundCancel, mark_background
 from streamguard.providers.openai._events import (
     AgentSessionMeter,
     ImageMeter,
@@ -124,7 +127,15 @@ class _OpenAI(StainlessSdk):
         agent = body.get("agent")
         if "model" not in body and isinstance(agent, dict) and isinstance(agent.get("model"), str):
             body = {**body, "model": agent["model"]}  # agent sessions name it there (not sent)
-        return super()._request(url, body, client, hidden)
+        request = super()._request(url, body, client, hidden)
+        if _endpoint(url)[1] == "responses" and client is not None:
+            # A background response goes on without the connection (create says so; the
+            # meter also sees it in the first event, as for retrieve(stream=True)).
+            if body.get("background") is True:
+                mark_background(request.core)
+            mode = get_runtime().options.cancel_background
+            request.after_close = BackgroundCancel(client, mode)
+        return request
 
 
 class OpenAIPatcher(Patcher):

@@ -27,35 +27,33 @@ from streamguard._engine.reasons import StopReason
 from streamguard._engine.watchdog import Timers, Watchdog
 from streamguard._money import budget as budget_module
 from streamguard._money.accounting import BILLING, receipt_fields
-from streamguard._money.budget import Budget, InMemoryBudgetStore
+from streamguard._money.budget import Budget
 from streamguard._money.context import current_limits, current_scope
+from streamguard._money.degrade import degrade
 from streamguard._money.estimate import LengthModel
 from streamguard._money.pricing import Pricing
 from streamguard._money.spend import estimate_input_tokens, open_spend
 from streamguard._receipts.chain import Ledger
-from streamguard._receipts.ledger import JsonlLedgerSink
 from streamguard._receipts.model import Receipt
-from streamguard._receipts.signing import Signer, load_signer
+from streamguard._receipts.signing import Signer
+from streamguard._receipts.writer import ReceiptWriter
+from streamguard._runtime.parts import (
+    _cap_check,
+    _default_store,
+    _emitter,
+    _env_budget,
+    _open_ledger,
+    _signer_of,
+    faults,
+    report_fault,
+)
 from streamguard._telemetry.otel import Telemetry
-from streamguard.exceptions import BudgetExceeded, ConfigurationError
+from streamguard.exceptions import BudgetExceeded
 
-__all__ = ["Runtime", "get_runtime", "report_fault", "set_runtime"]
+__all__ = ["Runtime", "faults", "flush_all", "get_runtime", "report_fault", "set_runtime"]
 
 log = logging.getLogger("streamguard")
 VERSION = "0.1.0"
-
-# Faults inside StreamGuard's own machinery: logged once per place, kept for tests to assert on.
-faults: list[tuple[str, BaseException]] = []
-_fault_places: set[str] = set()
-
-
-def report_fault(where: str, exc: BaseException) -> None:
-    """Record a fault of StreamGuard itself; the application's stream goes on (DESIGN G7)."""
-    if len(faults) < 100:
-        faults.append((where, exc))
-    if where not in _fault_places:
-        _fault_places.add(where)
-        log.warning("StreamGuard internal fault in %s (the stream goes on): %r", where, exc)
 
 
 class Runtime:
@@ -98,6 +96,9 @@ class Runtime:
         self._streams: dict[str, StreamCore] = {}
         self._lock = threading.Lock()
         self.closed = False
+        self.writer: ReceiptWriter[StreamCore] = ReceiptWriter(
+            self._seal_and_emit, report=report_fault, after_batch=self._sync_sinks
+        )
         _runtimes.add(self)
 
     # --------------------------------------------------------------------- registry
@@ -193,6 +194,7 @@ class Runtime:
         home = core._home
         if home is not None:
             home.timers.arm(core)  # on the stream's own loop, which runs this call
+            self.watchdog.watch_home(home)  # for when that loop stops running (watchdog)
         else:
             self.watchdog.watch(core)
 
@@ -202,10 +204,26 @@ class Runtime:
 
     # --------------------------------------------------------------------- finalize
     def finalize(self, core: StreamCore) -> None:
-        """Seal and emit the one receipt of ``core``. Called once, after the upstream closed."""
+        """End ``core`` once its upstream is closed: budgets get the actual cost here, on the
+        stopping thread; the receipt is sealed and emitted by the receipt writer's thread.
+
+        The application's ``close()`` (or exception, or loop exit) therefore never waits for
+        the signature, the ledger's fsync or the OTel SDK. ``handle.receipt`` and
+        ``wait_final`` wait for the seal. When the writer's queue is full (a wedged disk) or the
+        writer is closed (after ``shutdown()``), the receipt is sealed here instead: never lost.
+        """
+        self._settle(core)
+        if self.closed or not self.writer.submit(core):
+            self._seal_and_emit(core, batched=False)
+
+    def _seal_and_emit(self, core: StreamCore, batched: bool = True) -> None:
+        """Seal, sign and emit the one receipt of ``core``, then mark it final.
+
+        ``batched``: on the writer's thread, the ledger's line is written now and fsynced once
+        for the batch (``_sync_sinks``); otherwise it is fsynced before this returns.
+        """
         receipt: Receipt | None = None
         canonical = b""
-        self._settle(core)
         # Sinks that keep chain order (the JSON-lines ledger) are written inside the chain's
         # critical section, so a file's line order is its chain order under any thread count;
         # the others after the seal. (``sinks`` may change while the runtime lives.)
@@ -214,20 +232,19 @@ class Runtime:
         for sink in self.sinks:
             (in_order if getattr(sink, "in_chain_order", False) else after).append(sink)
         try:
-            receipt, canonical = self.ledger.seal_bytes(
-                receipt_fields(
-                    core,
-                    pricing=self.pricing,
-                    lengths=self.lengths,
-                    billing=self.billing,
-                    span_ids=self.telemetry.span_ids(core),
-                ),
-                _emitter(in_order) if in_order else None,
-            )
+            receipt, canonical = self._seal(core, in_order, batched)
         except Exception as exc:
-            report_fault("receipt.seal", exc)
-        if receipt is not None:
-            _emitter(after)(receipt, canonical)
+            # A value the receipt cannot hold (an empty model name, a float attribute...):
+            # sealed again without it, the detail says what was left out (G4: never none).
+            if not degrade(core, exc):
+                report_fault("receipt.seal", exc)
+            else:
+                try:
+                    receipt, canonical = self._seal(core, in_order, batched)
+                except Exception as exc2:
+                    report_fault("receipt.seal", exc2)
+        if receipt is not None and after:
+            _emitter(after, False)(receipt, canonical)
         try:
             self.telemetry.stream_finished(core, receipt, canonical)
         except Exception as exc:
@@ -235,6 +252,33 @@ class Runtime:
         with self._lock:
             self._streams.pop(core.stream_id, None)
         core.mark_final(receipt)
+
+    def _seal(self, core: StreamCore, in_order: list[Any], batched: bool) -> tuple[Receipt, bytes]:
+        return self.ledger.seal_bytes(
+            receipt_fields(
+                core,
+                pricing=self.pricing,
+                lengths=self.lengths,
+                billing=self.billing,
+                span_ids=self.telemetry.span_ids(core),
+            ),
+            _emitter(in_order, batched) if in_order else None,
+        )
+
+    def _sync_sinks(self) -> None:
+        """After a batch of the writer: fsync the ledger lines it appended (one fsync)."""
+        for sink in self.sinks:
+            sync = getattr(sink, "sync", None)
+            if sync is not None:
+                try:
+                    sync()
+                except Exception as exc:
+                    report_fault(f"sink.{type(sink).__name__}", exc)
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Wait until every receipt of a stream that already ended is sealed, emitted and on
+        disk; False if ``timeout`` passed first."""
+        return self.writer.flush(timeout)
 
     def discard(self, core: StreamCore, why: str) -> None:
         """Forget a core whose request produced no stream StreamGuard can guard: no receipt (it
@@ -287,6 +331,8 @@ class Runtime:
         self.watchdog.stop()
         if self.remote is not None:
             self.remote.close()
+        if not self.writer.close(max(0.1, deadline - time.monotonic())):
+            report_fault("shutdown", TimeoutError("the receipt writer did not finish in time"))
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
@@ -294,69 +340,6 @@ class Runtime:
                     close()
                 except Exception as exc:
                     report_fault(f"sink.{type(sink).__name__}.close", exc)
-
-
-def _signer_of(opts: Options) -> Signer:
-    # A key option that holds its environment variable's value is left to load_signer to read
-    # from there, so that an error names the variable the operator set, not the option.
-    env = os.environ
-
-    def given(value: str | None, variable: str) -> str | None:
-        return None if value is not None and value == env.get(variable) else value
-
-    return load_signer(
-        signing_key=given(opts.signing_key, "STREAMGUARD_SIGNING_KEY"),
-        signing_key_file=given(opts.signing_key_file, "STREAMGUARD_SIGNING_KEY_FILE"),
-        key_id=given(opts.key_id, "STREAMGUARD_KEY_ID"),
-    )
-
-
-def _open_ledger(path: str) -> JsonlLedgerSink:
-    try:
-        return JsonlLedgerSink(path)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"STREAMGUARD_LEDGER_PATH (ledger_path) names {path!r}, which cannot be opened for "
-            f"appending ({exc.strerror or type(exc).__name__}). Point it at a writable file; "
-            "its directory is created if needed.",
-            variable="STREAMGUARD_LEDGER_PATH",
-        ) from None
-
-
-def _emitter(sinks: list[Any]) -> Any:
-    def emit(receipt: Receipt, canonical: bytes) -> None:
-        for sink in sinks:
-            try:
-                sink.emit(receipt)
-            except Exception as exc:
-                report_fault(f"sink.{type(sink).__name__}", exc)
-
-    return emit
-
-
-def _cap_check(cap: int) -> Any:
-    def check(core: StreamCore, chunk: object, tokens: int) -> None:
-        if core.produced_tokens > cap:
-            core.request_stop(
-                StopReason.MAX_OUTPUT_TOKENS, f"the output reached the cap of {cap} tokens"
-            )
-
-    return check
-
-
-def _default_store(opts: Options) -> Any:
-    if opts.redis_url:
-        from streamguard._money.redis_store import RedisBudgetStore
-
-        return RedisBudgetStore(opts.redis_url)
-    return InMemoryBudgetStore()
-
-
-def _env_budget(opts: Options) -> tuple[Budget, ...]:
-    if opts.budget_usd is None:
-        return ()
-    scope = tuple(s.strip() for s in (opts.budget_scope or "").split(",") if s.strip())
-    return (Budget(opts.budget_usd, window=opts.budget_window, scope=scope, name="env"),)
 
 
 _current: Runtime | None = None
@@ -389,6 +372,37 @@ def _at_exit() -> None:
     runtime = _current
     if runtime is not None and not runtime.closed and os.getpid() == _PID:
         runtime.shutdown(timeout=2.0)
+    flush_all(2.0)
+
+
+def flush_all(timeout: float = 5.0) -> bool:
+    """Wait until the receipt of every stream that has ended is sealed, emitted (span event,
+    log record, metrics, sinks) and fsynced in the ledger; False if ``timeout`` passed first.
+
+    Receipts are sealed off the application's thread; this is the barrier for code that reads
+    them elsewhere (a ledger file, an exporter) or is about to ``os._exit``. Interpreter exit,
+    ``uninstrument()`` and ``os.fork()`` flush on their own. Example::
+
+        stream.close()
+        streamguard.flush()
+        subprocess.run(["streamguard", "verify", "receipts.jsonl"], check=True)
+    """
+    deadline = time.monotonic() + timeout
+    ok = True
+    for runtime in list(_runtimes):
+        ok = runtime.writer.flush(max(0.0, deadline - time.monotonic())) and ok
+    return ok
+
+
+def _flush_before_threads_join() -> None:
+    # Runs when the main thread ends, before non-daemon threads are joined and before atexit
+    # handlers, so queued receipts reach the OTel providers before their own atexit shutdown.
+    flush_all(2.0)
+
+
+_register_thread_atexit = getattr(threading, "_register_atexit", None)
+if _register_thread_atexit is not None:
+    _register_thread_atexit(_flush_before_threads_join)
 
 
 _PID = os.getpid()
