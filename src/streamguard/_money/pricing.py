@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.metadata
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,7 +53,15 @@ class Pricing:
 
     def warm_up(self) -> None:
         """Loads the price table (~90 ms) on a short-lived background thread, off the
-        application's threads, rather than on the thread that finalizes the first stream."""
+        application's threads, rather than on the thread that finalizes the first stream.
+
+        A module being imported already sits in ``sys.modules``, half made, and libraries look
+        their optional dependencies up there (openai looks for ``httpx2`` on every client it
+        builds, and fails on a half-made one). So the thread imports only the table's own
+        modules: the packages the table needs are imported first, on the caller's thread."""
+        for name in _table_dependencies():
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
         self._warmup = threading.Thread(
             target=self.price, args=("openai", "gpt-4o"), name="streamguard-warmup", daemon=True
         )
@@ -105,6 +117,26 @@ class Pricing:
             "genai-prices",
             Decimal(per_cached.total_price) / _MTOK,
         )
+
+
+def _table_dependencies() -> list[str]:
+    """The import names of the packages genai-prices requires (its extras left out)."""
+    try:
+        requirements = importlib.metadata.requires("genai-prices") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    names: list[str] = []
+    for requirement in requirements:
+        found = _REQUIREMENT_NAME.match(requirement)
+        if found is None or "extra" in requirement.partition(";")[2]:
+            continue
+        name = found.group(0).lower().replace("-", "_").replace(".", "_")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def money(amount: Decimal) -> str:
