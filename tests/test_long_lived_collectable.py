@@ -235,3 +235,33 @@ def test_stopped_async_stream_is_collectable(upstream: Upstream, sdk: str, path:
     streamguard.uninstrument()
     assert _stainless._classes == {}
     assert "__del__" not in vars(openai.AsyncStream)
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_stream_its_task_returned_is_collectable_once_dropped(
+    upstream: Upstream, sdk: str
+) -> None:
+    """A sync bridge runs the loop only to open the stream and take a little (the opening task
+    returns the stream, which is then its result); the application drops the stream and runs
+    the loop again. The guard used to keep the finished task, and the task its result: a
+    cycle through asyncio's C task that the collector did not break."""
+    sink = InMemoryReceiptSink()
+    _instrument(sink, sdk, "break_drop")
+    loop = asyncio.new_event_loop()
+    client = _client(sdk, upstream, is_async=True)
+
+    async def open_and_take() -> Any:
+        stream = await _create(sdk, client, upstream, "break_drop")
+        async for _ in stream:
+            break
+        return stream
+
+    stream = loop.run_until_complete(open_and_take())
+    refs = _refs(stream)
+    del stream
+    loop.run_until_complete(asyncio.sleep(0.05))  # the dropped stream's close runs
+    loop.run_until_complete(client.close())
+    loop.close()
+    (receipt,) = sink.wait_for(1, 5)
+    assert receipt.reason == "consumer_closed"
+    assert _alive(refs) == []

@@ -255,8 +255,12 @@ class _TaskWatcher:
         # The end of the task that iterates the stream is a stop signal when it ends by
         # cancellation or an exception: that is how a loop left by an exception shows itself
         # (the traceback keeps the stream alive, so nothing else would). A task that returns
-        # normally may have handed the stream on, so it is left to the other signals.
+        # normally may have handed the stream on, so it is left to the other signals. The task
+        # is forgotten either way: its result may be the stream.
         core = self.core
+        followed = core._followed
+        if followed is not None and followed[0] is task:
+            core._followed = None
         if core.stop_reason is not None:
             return
         if task.cancelled():
@@ -349,6 +353,10 @@ class TrioHome(Home):
         cores = self.followed.pop(task, None)
         if not cores:
             return
+        for core in cores:
+            followed = core._followed
+            if followed is not None and followed[0] is task:
+                core._followed = None
         # trio keeps a task's outcome private; its nursery is cancelled when the task was
         # cancelled from outside and when it raised (trio then cancels the siblings). A task
         # that returned normally may have handed the stream on: left to the other signals.

@@ -220,7 +220,7 @@ class AsyncDriver(_Driver):
     upstream was bound. ``anext_of`` is ``SyncDriver``'s ``next_of`` for async streams.
     """
 
-    __slots__ = ("_ait", "_anext_of", "_current_task", "_task")
+    __slots__ = ("_ait", "_anext_of", "_current_task")
     _END = StopAsyncIteration
 
     def __init__(
@@ -233,7 +233,6 @@ class AsyncDriver(_Driver):
         super().__init__(core, meter)
         self._ait = iterator
         self._anext_of = anext_of
-        self._task: Any = None
         if core._home is None:
             from streamguard._engine.aio import current_home
 
@@ -251,7 +250,8 @@ class AsyncDriver(_Driver):
         if core.stop_reason is not None:
             raise self._after_stop() or StopAsyncIteration
         task = self._current_task()
-        if task is not self._task:
+        followed = core._followed
+        if followed is None or followed[0] is not task:
             self._follow(task)
         if core.idle_clock:
             core.t_last = _monotonic_ns()
@@ -308,18 +308,18 @@ class AsyncDriver(_Driver):
     def _follow(self, task: Any) -> None:
         # The end of the task that iterates the stream is a stop signal (see aio: how each
         # loop watches it). The watch is dropped when the stream stops (StreamCore._detach),
-        # so a long-lived task that consumes many streams keeps none of them.
+        # so a long-lived task that consumes many streams keeps none of them, and when the task
+        # ends (a task that returned the stream holds it as its result: kept, that would be a
+        # cycle the collector does not see through asyncio's C tasks).
         core = self.core
         if core.stop_reason is not None:
             return
-        self._task = task
         home = core._home
         assert home is not None
         old, core._followed = core._followed, None
-        if old is not None:
+        if old is not None and old[0] is not None:
             home.unfollow(*old)
-        if task is not None:
-            core._followed = (task, home.follow(task, core))
+        core._followed = (task, home.follow(task, core) if task is not None else None)
 
     async def aclose(
         self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None

@@ -346,7 +346,7 @@ class Lifecycle:
         if self.timer_entry is not None:
             home.timers.cancel(_core(self))
         followed, self._followed = self._followed, None
-        if followed is not None:
+        if followed is not None and followed[0] is not None:
             home.unfollow(*followed)
 
     def _closed(self) -> None:
