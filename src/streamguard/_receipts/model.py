@@ -308,8 +308,78 @@ class Receipt:
         }
 
     def canonical_bytes(self) -> bytes:
-        """RFC 8785 bytes of all fields but ``hash`` and ``signature``: what is signed."""
+        """RFC 8785 bytes of all fields but ``hash`` and ``signature``: what is signed.
+
+        Through the general encoder (``encode_unsigned``), which ``verify`` uses too; sealing
+        uses ``canonical_pieces``, and the verifier checks the two agree on every receipt.
+        """
         return encode_unsigned(self.unsigned_dict(), self.attributes)
+
+    def canonical_pieces(self) -> tuple[bytes, bytes, bytes] | None:
+        """``canonical_bytes`` cut around ``prev_hash`` and ``seq``, for ``Ledger.seal_bytes``.
+
+        ``canonical_bytes() == a + prev_hash.encode() + b + str(seq).encode() + c`` for the
+        returned ``(a, b, c)``, so the ledger encodes a draft outside its lock and splices the
+        chain fields in. ``None`` when an attribute name holds a character beyond U+FFFF (JCS
+        then orders keys differently from Python: use ``canonical_bytes``). Raises
+        ``ValueError`` for a lone surrogate, as ``canonical_bytes`` does.
+
+        Written out by hand for speed (a third of the stdlib encoder's time): keys in JCS
+        order (plain ASCII names: code point order), every string through the stdlib
+        encoder's own escaping function, so the bytes are the stdlib encoder's bytes, which are
+        the JCS bytes in this domain (``canonical``). ``tests/test_receipts_model.py`` checks
+        them against ``encode_unsigned`` and ``rfc8785`` for hostile values.
+        """
+        attributes = self.attributes
+        if attributes:
+            parts = []
+            for key in sorted(attributes):
+                if not key.isascii() and max(key) > "\uffff":
+                    return None
+                value = attributes[key]
+                if type(value) is str:
+                    text = _quote(value)
+                elif value is True:
+                    text = "true"
+                elif value is False:
+                    text = "false"
+                else:  # validated: an exact int
+                    text = int.__repr__(value)
+                parts.append(f"{_quote(key)}:{text}")
+            attrs = "{" + ",".join(parts) + "}"
+        else:
+            attrs = "{}"
+        c, t, k = self.cost, self.times, self.tokens
+        head = (
+            f'{{"attributes":{attrs},"category":{_text(self.category)},'
+            f'"cost":{{"currency":{_quote(c.currency)},"input":{_text(c.input)},'
+            f'"output":{_text(c.output)},"prevented_estimate":{_text(c.prevented_estimate)},'
+            f'"pricing_source":{_quote(c.pricing_source)},"undelivered":{_text(c.undelivered)}}},'
+            f'"detail":{_text(self.detail)},"ledger_id":{_quote(self.ledger_id)},'
+            f'"model":{_text(self.model)},"operation":{_quote(self.operation)},'
+            f'"outcome":{_quote(self.outcome)},"prev_hash":"'
+        )
+        middle = (
+            f'","provider":{_quote(self.provider)},"reason":{_quote(self.reason)},'
+            f'"receipt_id":{_quote(self.receipt_id)},'
+            f'"request_max_tokens":{_number(self.request_max_tokens)},'
+            f'"schema":{_quote(self.schema)},"seq":'
+        )
+        tail = (
+            f',"span_id":{_text(self.span_id)},"stream_id":{_quote(self.stream_id)},'
+            f'"times":{{"finalized":"{t.finalized}","first_chunk":{_time(t.first_chunk)},'
+            f'"started":"{t.started}","stop_requested":{_time(t.stop_requested)},'
+            f'"upstream_closed":{_time(t.upstream_closed)}}},'
+            f'"tokens":{{"committed":{k.committed},"consumed":{k.consumed},'
+            f'"input":{_number(k.input)},"post_cutoff":{k.post_cutoff},'
+            f'"prevented_estimate":{k.prevented_estimate},"produced":{k.produced},'
+            f'"undelivered":{k.undelivered},"usage_source":{_quote(k.usage_source)}}},'
+            f'"trace_id":{_text(self.trace_id)}}}'
+        )
+        try:
+            return head.encode("utf-8"), middle.encode("utf-8"), tail.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: not valid I-JSON text
+            raise ValueError("canonical JSON cannot contain lone surrogate characters") from exc
 
     def to_json(self) -> str:
         """One line of JSON including ``hash`` and ``signature`` (the ledger line format).
@@ -375,6 +445,25 @@ def _parse_time(name: str, value: object) -> int:
             f"times.{name} must be a string of decimal integer nanoseconds, got {v.preview(value)}"
         )
     return int(value)
+
+
+# The stdlib JSON encoder's own string escaping (its C function when built, as the encoder
+# itself uses with ensure_ascii=False): quotes, backslash and U+0000-U+001F, nothing else.
+_quote = json.encoder.encode_basestring
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _number(value: int | None) -> str:
+    # Validated counts are exact ints (never bool), formatted as the stdlib encoder does.
+    return "null" if value is None else int.__repr__(value)
+
+
+def _time(value: int | None) -> str:
+    # Times are JSON strings of their decimal digits: nothing in them needs escaping.
+    return "null" if value is None else f'"{value}"'
 
 
 def _parse_optional_time(name: str, value: object) -> int | None:
