@@ -139,6 +139,19 @@ def test_str_enums_are_stored_as_plain_strings() -> None:
         ({"trace_id": "XYZ"}, ValueError, "trace_id"),
         ({"receipt_id": ""}, ValueError, "receipt_id"),
         ({"model": 4}, TypeError, "model"),
+        ({"model": ""}, ValueError, "model"),
+        ({"stream_id": ""}, ValueError, "stream_id"),
+        ({"provider": b"openai"}, TypeError, "provider"),
+        ({"operation": ""}, ValueError, "operation"),
+        ({"request_max_tokens": True}, TypeError, "request_max_tokens"),
+        ({"request_max_tokens": -1}, ValueError, "request_max_tokens"),
+        ({"detail": 5}, TypeError, "detail"),
+        ({"category": None}, ValueError, "category must be 'client'"),
+        ({"outcome": 1}, TypeError, "outcome"),
+        ({"trace_id": "0AF7651916CD43DD8448EB211C80319C"}, ValueError, "trace_id"),
+        ({"trace_id": "0af7651916cd43dd8448eb211c80319"}, ValueError, "trace_id"),
+        ({"span_id": "b7ad6b716920333"}, ValueError, "span_id"),
+        ({"span_id": 5}, TypeError, "span_id"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_field(
@@ -146,6 +159,39 @@ def test_invalid_values_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(error, match=message):
         _sealed(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"seq": -1}, ValueError, "seq"),
+        ({"seq": True}, TypeError, "seq"),
+        ({"seq": 2**53}, ValueError, "seq"),
+        ({"prev_hash": "0" * 63}, ValueError, "prev_hash"),
+        ({"prev_hash": "A" * 64}, ValueError, "prev_hash"),
+        ({"hash": "g" * 64}, ValueError, "hash"),
+        ({"hash": None}, TypeError, "hash"),
+        ({"ledger_id": ""}, ValueError, "ledger_id"),
+        ({"schema": "streamguard.receipt/2"}, ValueError, "schema"),
+        ({"signature": {"alg": "hmac-sha256", "key_id": "k"}}, TypeError, "signature"),
+        ({"tokens": {"input": 1}}, TypeError, "tokens"),
+    ],
+)
+def test_receipts_built_directly_are_validated_too(
+    changes: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        dataclasses.replace(_sealed(), **changes)
+
+
+def test_a_str_subclass_in_a_chain_field_is_stored_as_a_plain_str() -> None:
+    class Text(str):
+        pass
+
+    receipt = dataclasses.replace(_sealed(), ledger_id=Text("ledger-2"), hash=Text("a" * 64))
+
+    assert (type(receipt.ledger_id), type(receipt.hash)) == (str, str)
+    assert (receipt.ledger_id, receipt.hash) == ("ledger-2", "a" * 64)
 
 
 def test_format_money_gives_fixed_point_strings() -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from streamguard._reasons import Outcome, StopReason
 from streamguard._receipts import _validate as v
-from streamguard._receipts.canonical import canonical_bytes, encode_in_fast_domain
+from streamguard._receipts.canonical import MAX_SAFE_INT, canonical_bytes, encode_in_fast_domain
 from streamguard.exceptions import ReceiptVerificationError
 
 __all__ = [
@@ -238,6 +238,12 @@ class Receipt:
     signature: Signature
 
     def __post_init__(self) -> None:
+        # Every field already plain and valid (what Ledger.seal builds) is checked in one pass;
+        # anything else takes the field-by-field checks, which normalise (str subclasses to
+        # str) and raise naming the field.
+        if self._plain_and_valid():
+            object.__setattr__(self, "attributes", MappingProxyType(v.attributes(self.attributes)))
+            return
         if self.schema != SCHEMA:
             raise ValueError(f"schema must be {SCHEMA!r}, got {v.preview(self.schema)}")
         v.assign(self, "schema", SCHEMA)
@@ -272,6 +278,42 @@ class Receipt:
         object.__setattr__(self, "attributes", MappingProxyType(v.attributes(self.attributes)))
         v.hex_field(self, "hash", "hash", 64)
         v.instance("signature", self.signature, Signature)
+
+    def _plain_and_valid(self) -> bool:
+        """True when ``__post_init__``'s checks would all pass and change nothing but the
+        attributes' copy: exact types (``str``, ``int``, the part classes), valid values."""
+        reason = self.reason
+        model, detail, trace_id, span_id = self.model, self.detail, self.trace_id, self.span_id
+        max_tokens, seq = self.request_max_tokens, self.seq
+        prev_hash, digest = self.prev_hash, self.hash
+        return bool(
+            self.schema is SCHEMA
+            and _is_text(self.receipt_id)
+            and _is_text(self.stream_id)
+            and _is_text(self.ledger_id)
+            and _is_text(self.provider)
+            and _is_text(self.operation)
+            and type(seq) is int
+            and 0 <= seq <= MAX_SAFE_INT
+            and (prev_hash is GENESIS_HASH or _is_hex(prev_hash, _HEX64))
+            and (model is None or _is_text(model))
+            and (
+                max_tokens is None or (type(max_tokens) is int and 0 <= max_tokens <= MAX_SAFE_INT)
+            )
+            and type(self.outcome) is str
+            and self.outcome in _OUTCOMES
+            and type(reason) is str
+            and reason in _REASON_CATEGORY
+            and _same_text(self.category, _REASON_CATEGORY[reason])
+            and (detail is None or type(detail) is str)
+            and type(self.tokens) is Tokens
+            and type(self.cost) is Costs
+            and type(self.times) is Times
+            and (trace_id is None or _is_hex(trace_id, _HEX32))
+            and (span_id is None or _is_hex(span_id, _HEX16))
+            and (digest is GENESIS_HASH or _is_hex(digest, _HEX64))
+            and type(self.signature) is Signature
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: plain nested dicts, times as decimal strings, DESIGN key order."""
@@ -433,6 +475,22 @@ _TOKENS = tuple(Tokens.__dataclass_fields__)
 _COSTS = tuple(Costs.__dataclass_fields__)
 _TIMES = tuple(Times.__dataclass_fields__)
 _SIG = tuple(Signature.__dataclass_fields__)
+
+
+_HEX16, _HEX32, _HEX64 = (re.compile(f"[0-9a-f]{{{n}}}").fullmatch for n in (16, 32, 64))
+
+
+def _is_text(value: object) -> bool:
+    """A plain, non-empty ``str`` (what ``v.text_field`` accepts unchanged)."""
+    return type(value) is str and value != ""
+
+
+def _same_text(value: object, expected: str | None) -> bool:
+    return value is expected or (type(value) is str and value == expected)
+
+
+def _is_hex(value: object, fullmatch: Any) -> bool:
+    return type(value) is str and fullmatch(value) is not None
 
 
 def _opt_str(value: int | None) -> str | None:
