@@ -23,6 +23,8 @@ _PIECE = 2047
 
 def sha256_hex(data: bytes) -> str:
     """``hashlib.sha256(data).hexdigest()``, computed with the GIL held."""
+    if len(data) <= _PIECE:
+        return hashlib.sha256(data).hexdigest()
     h = hashlib.sha256()
     _feed(h.update, data)
     return h.hexdigest()
@@ -38,7 +40,10 @@ class HmacSha256:
 
     def digest(self, data: bytes) -> bytes:
         h = self._keyed.copy()
-        _feed(h.update, data)
+        if len(data) <= _PIECE:
+            h.update(data)
+        else:
+            _feed(h.update, data)
         return h.digest()
 
     def __repr__(self) -> str:
@@ -46,9 +51,6 @@ class HmacSha256:
 
 
 def _feed(update: object, data: bytes) -> None:
-    if len(data) <= _PIECE:
-        update(data)  # type: ignore[operator]
-        return
     view = memoryview(data)
     for start in range(0, len(view), _PIECE):
         update(view[start : start + _PIECE])  # type: ignore[operator]

@@ -281,37 +281,53 @@ class Receipt:
 
     def _plain_and_valid(self) -> bool:
         """True when ``__post_init__``'s checks would all pass and change nothing but the
-        attributes' copy: exact types (``str``, ``int``, the part classes), valid values."""
-        reason = self.reason
+        attributes' copy: exact types (``str``, ``int``, the part classes), valid values.
+        (Written out inline, no helper calls: it runs for every sealed receipt.)"""
+        rid, sid, lid, provider, op = (
+            self.receipt_id,
+            self.stream_id,
+            self.ledger_id,
+            self.provider,
+            self.operation,
+        )
+        reason, category, outcome = self.reason, self.category, self.outcome
         model, detail, trace_id, span_id = self.model, self.detail, self.trace_id, self.span_id
         max_tokens, seq = self.request_max_tokens, self.seq
         prev_hash, digest = self.prev_hash, self.hash
         return bool(
             self.schema is SCHEMA
-            and _is_text(self.receipt_id)
-            and _is_text(self.stream_id)
-            and _is_text(self.ledger_id)
-            and _is_text(self.provider)
-            and _is_text(self.operation)
+            and type(rid) is str
+            and rid != ""
+            and type(sid) is str
+            and sid != ""
+            and type(lid) is str
+            and lid != ""
+            and type(provider) is str
+            and provider != ""
+            and type(op) is str
+            and op != ""
             and type(seq) is int
             and 0 <= seq <= MAX_SAFE_INT
-            and (prev_hash is GENESIS_HASH or _is_hex(prev_hash, _HEX64))
-            and (model is None or _is_text(model))
+            and (prev_hash is GENESIS_HASH or (type(prev_hash) is str and _HEX64(prev_hash)))
+            and (model is None or (type(model) is str and model != ""))
             and (
                 max_tokens is None or (type(max_tokens) is int and 0 <= max_tokens <= MAX_SAFE_INT)
             )
-            and type(self.outcome) is str
-            and self.outcome in _OUTCOMES
+            and type(outcome) is str
+            and outcome in _OUTCOMES
             and type(reason) is str
             and reason in _REASON_CATEGORY
-            and _same_text(self.category, _REASON_CATEGORY[reason])
+            and (
+                category is _REASON_CATEGORY[reason]
+                or (type(category) is str and category == _REASON_CATEGORY[reason])
+            )
             and (detail is None or type(detail) is str)
             and type(self.tokens) is Tokens
             and type(self.cost) is Costs
             and type(self.times) is Times
-            and (trace_id is None or _is_hex(trace_id, _HEX32))
-            and (span_id is None or _is_hex(span_id, _HEX16))
-            and (digest is GENESIS_HASH or _is_hex(digest, _HEX64))
+            and (trace_id is None or (type(trace_id) is str and _HEX32(trace_id)))
+            and (span_id is None or (type(span_id) is str and _HEX16(span_id)))
+            and (digest is GENESIS_HASH or (type(digest) is str and _HEX64(digest)))
             and type(self.signature) is Signature
         )
 
@@ -392,31 +408,50 @@ class Receipt:
         else:
             attrs = "{}"
         c, t, k = self.cost, self.times, self.tokens
+        # The values that may be null, written out (no helper call per value).
+        q, null = _quote, "null"
+        category = null if self.category is None else q(self.category)
+        detail = null if self.detail is None else q(self.detail)
+        model = null if self.model is None else q(self.model)
+        trace_id = null if self.trace_id is None else q(self.trace_id)
+        span_id = null if self.span_id is None else q(self.span_id)
+        max_tokens = (
+            null if self.request_max_tokens is None else int.__repr__(self.request_max_tokens)
+        )
+        c_input = null if c.input is None else q(c.input)
+        c_output = null if c.output is None else q(c.output)
+        c_undelivered = null if c.undelivered is None else q(c.undelivered)
+        c_prevented = null if c.prevented_estimate is None else q(c.prevented_estimate)
+        # Times are JSON strings of their decimal digits: nothing in them needs escaping.
+        first_chunk = null if t.first_chunk is None else f'"{t.first_chunk}"'
+        stop_requested = null if t.stop_requested is None else f'"{t.stop_requested}"'
+        upstream_closed = null if t.upstream_closed is None else f'"{t.upstream_closed}"'
+        # Validated counts are exact ints (never bool): f-strings format them as repr does.
+        k_input = null if k.input is None else int.__repr__(k.input)
         head = (
-            f'{{"attributes":{attrs},"category":{_text(self.category)},'
-            f'"cost":{{"currency":{_quote(c.currency)},"input":{_text(c.input)},'
-            f'"output":{_text(c.output)},"prevented_estimate":{_text(c.prevented_estimate)},'
-            f'"pricing_source":{_quote(c.pricing_source)},"undelivered":{_text(c.undelivered)}}},'
-            f'"detail":{_text(self.detail)},"ledger_id":{_quote(self.ledger_id)},'
-            f'"model":{_text(self.model)},"operation":{_quote(self.operation)},'
-            f'"outcome":{_quote(self.outcome)},"prev_hash":"'
+            f'{{"attributes":{attrs},"category":{category},'
+            f'"cost":{{"currency":{q(c.currency)},"input":{c_input},'
+            f'"output":{c_output},"prevented_estimate":{c_prevented},'
+            f'"pricing_source":{q(c.pricing_source)},"undelivered":{c_undelivered}}},'
+            f'"detail":{detail},"ledger_id":{q(self.ledger_id)},'
+            f'"model":{model},"operation":{q(self.operation)},'
+            f'"outcome":{q(self.outcome)},"prev_hash":"'
         )
         middle = (
-            f'","provider":{_quote(self.provider)},"reason":{_quote(self.reason)},'
-            f'"receipt_id":{_quote(self.receipt_id)},'
-            f'"request_max_tokens":{_number(self.request_max_tokens)},'
-            f'"schema":{_quote(self.schema)},"seq":'
+            f'","provider":{q(self.provider)},"reason":{q(self.reason)},'
+            f'"receipt_id":{q(self.receipt_id)},"request_max_tokens":{max_tokens},'
+            f'"schema":{q(self.schema)},"seq":'
         )
         tail = (
-            f',"span_id":{_text(self.span_id)},"stream_id":{_quote(self.stream_id)},'
-            f'"times":{{"finalized":"{t.finalized}","first_chunk":{_time(t.first_chunk)},'
-            f'"started":"{t.started}","stop_requested":{_time(t.stop_requested)},'
-            f'"upstream_closed":{_time(t.upstream_closed)}}},'
+            f',"span_id":{span_id},"stream_id":{q(self.stream_id)},'
+            f'"times":{{"finalized":"{t.finalized}","first_chunk":{first_chunk},'
+            f'"started":"{t.started}","stop_requested":{stop_requested},'
+            f'"upstream_closed":{upstream_closed}}},'
             f'"tokens":{{"committed":{k.committed},"consumed":{k.consumed},'
-            f'"input":{_number(k.input)},"post_cutoff":{k.post_cutoff},'
+            f'"input":{k_input},"post_cutoff":{k.post_cutoff},'
             f'"prevented_estimate":{k.prevented_estimate},"produced":{k.produced},'
-            f'"undelivered":{k.undelivered},"usage_source":{_quote(k.usage_source)}}},'
-            f'"trace_id":{_text(self.trace_id)}}}'
+            f'"undelivered":{k.undelivered},"usage_source":{q(k.usage_source)}}},'
+            f'"trace_id":{trace_id}}}'
         )
         try:
             return head.encode("utf-8"), middle.encode("utf-8"), tail.encode("utf-8")
@@ -480,19 +515,6 @@ _SIG = tuple(Signature.__dataclass_fields__)
 _HEX16, _HEX32, _HEX64 = (re.compile(f"[0-9a-f]{{{n}}}").fullmatch for n in (16, 32, 64))
 
 
-def _is_text(value: object) -> bool:
-    """A plain, non-empty ``str`` (what ``v.text_field`` accepts unchanged)."""
-    return type(value) is str and value != ""
-
-
-def _same_text(value: object, expected: str | None) -> bool:
-    return value is expected or (type(value) is str and value == expected)
-
-
-def _is_hex(value: object, fullmatch: Any) -> bool:
-    return type(value) is str and fullmatch(value) is not None
-
-
 def _opt_str(value: int | None) -> str | None:
     return None if value is None else str(value)
 
@@ -508,20 +530,6 @@ def _parse_time(name: str, value: object) -> int:
 # The stdlib JSON encoder's own string escaping (its C function when built, as the encoder
 # itself uses with ensure_ascii=False): quotes, backslash and U+0000-U+001F, nothing else.
 _quote = json.encoder.encode_basestring
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
-
-
-def _number(value: int | None) -> str:
-    # Validated counts are exact ints (never bool), formatted as the stdlib encoder does.
-    return "null" if value is None else int.__repr__(value)
-
-
-def _time(value: int | None) -> str:
-    # Times are JSON strings of their decimal digits: nothing in them needs escaping.
-    return "null" if value is None else f'"{value}"'
 
 
 def _parse_optional_time(name: str, value: object) -> int | None:
