@@ -139,6 +139,19 @@ def test_str_enums_are_stored_as_plain_strings() -> None:
         ({"trace_id": "XYZ"}, ValueError, "trace_id"),
         ({"receipt_id": ""}, ValueError, "receipt_id"),
         ({"model": 4}, TypeError, "model"),
+        ({"model": ""}, ValueError, "model"),
+        ({"stream_id": ""}, ValueError, "stream_id"),
+        ({"provider": b"openai"}, TypeError, "provider"),
+        ({"operation": ""}, ValueError, "operation"),
+        ({"request_max_tokens": True}, TypeError, "request_max_tokens"),
+        ({"request_max_tokens": -1}, ValueError, "request_max_tokens"),
+        ({"detail": 5}, TypeError, "detail"),
+        ({"category": None}, ValueError, "category must be 'client'"),
+        ({"outcome": 1}, TypeError, "outcome"),
+        ({"trace_id": "0AF7651916CD43DD8448EB211C80319C"}, ValueError, "trace_id"),
+        ({"trace_id": "0af7651916cd43dd8448eb211c80319"}, ValueError, "trace_id"),
+        ({"span_id": "b7ad6b716920333"}, ValueError, "span_id"),
+        ({"span_id": 5}, TypeError, "span_id"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_field(
@@ -146,6 +159,39 @@ def test_invalid_values_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(error, match=message):
         _sealed(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"seq": -1}, ValueError, "seq"),
+        ({"seq": True}, TypeError, "seq"),
+        ({"seq": 2**53}, ValueError, "seq"),
+        ({"prev_hash": "0" * 63}, ValueError, "prev_hash"),
+        ({"prev_hash": "A" * 64}, ValueError, "prev_hash"),
+        ({"hash": "g" * 64}, ValueError, "hash"),
+        ({"hash": None}, TypeError, "hash"),
+        ({"ledger_id": ""}, ValueError, "ledger_id"),
+        ({"schema": "streamguard.receipt/2"}, ValueError, "schema"),
+        ({"signature": {"alg": "hmac-sha256", "key_id": "k"}}, TypeError, "signature"),
+        ({"tokens": {"input": 1}}, TypeError, "tokens"),
+    ],
+)
+def test_receipts_built_directly_are_validated_too(
+    changes: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        dataclasses.replace(_sealed(), **changes)
+
+
+def test_a_str_subclass_in_a_chain_field_is_stored_as_a_plain_str() -> None:
+    class Text(str):
+        pass
+
+    receipt = dataclasses.replace(_sealed(), ledger_id=Text("ledger-2"), hash=Text("a" * 64))
+
+    assert (type(receipt.ledger_id), type(receipt.hash)) == (str, str)
+    assert (receipt.ledger_id, receipt.hash) == ("ledger-2", "a" * 64)
 
 
 def test_format_money_gives_fixed_point_strings() -> None:
@@ -244,3 +290,109 @@ def test_receipt_canonical_bytes_equal_rfc8785_for_any_attributes(
     assert receipt.canonical_bytes() == rfc8785.dumps(receipt.unsigned_dict())
     assert hashlib.sha256(rfc8785.dumps(receipt.unsigned_dict())).hexdigest() == receipt.hash
     assert Receipt.from_dict(json.loads(receipt.to_json())) == receipt
+
+
+# Every string field of a receipt with hostile content: JSON escapes, controls, line
+# separators, the last BMP code points, astral characters (surrogate pairs in UTF-16).
+_HOSTILE = '"\\/\b\f\n\r\t\x00\x01\x1f\x7f\x80\x85\u00e9\u2028\u2029\ud7ff\ue000\uffff\U0001f600'
+_hostile_text = st.text(
+    alphabet=st.sampled_from(_HOSTILE) | st.characters(exclude_categories=["Cs"]),
+    min_size=1,
+    max_size=10,
+)
+_counts = st.integers(0, 2**53 - 1) | st.sampled_from([0, 1, 2**53 - 1])
+_nanos = st.integers(0, 2**64 - 1) | st.sampled_from([0, 2**64 - 1])
+_money = st.sampled_from(["0", "0.0000001", "123456789012345678901234567890.5"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.fixed_dictionaries(
+        {
+            "receipt_id": _hostile_text,
+            "stream_id": _hostile_text,
+            "provider": _hostile_text,
+            "model": st.none() | _hostile_text,
+            "operation": _hostile_text,
+            "detail": st.none() | _hostile_text | st.just(""),
+        }
+    ),
+    ledger_id=_hostile_text,
+    currency=_hostile_text,
+    pricing_source=_hostile_text,
+    usage_source=st.sampled_from(["provider", "estimated"]),
+    counts=st.lists(_counts, min_size=8, max_size=8),
+    times=st.lists(_nanos, min_size=5, max_size=5),
+    optional=st.lists(st.booleans(), min_size=6, max_size=6),
+    money=st.lists(_money, min_size=4, max_size=4),
+    attributes=st.dictionaries(_attribute_names, _attribute_values, max_size=6),
+)
+def test_sealed_bytes_are_the_general_encoders_bytes_for_hostile_values(
+    text: dict[str, Any],
+    ledger_id: str,
+    currency: str,
+    pricing_source: str,
+    usage_source: str,
+    counts: list[int],
+    times: list[int],
+    optional: list[bool],
+    money: list[str],
+    attributes: dict[str, Any],
+) -> None:
+    # The seal encodes by hand (Receipt.canonical_pieces); canonical_bytes() and verify go
+    # through the general encoder. Both must give the RFC 8785 bytes, byte for byte.
+    fields = receipt_fields(
+        **text,
+        request_max_tokens=None if optional[0] else counts[7],
+        tokens={
+            "input": None if optional[1] else counts[0],
+            "produced": counts[1],
+            "committed": counts[2],
+            "consumed": counts[3],
+            "undelivered": counts[4],
+            "post_cutoff": counts[5],
+            "prevented_estimate": counts[6],
+            "usage_source": usage_source,
+        },
+        cost={
+            "currency": currency,
+            "input": None if optional[2] else money[0],
+            "output": money[1],
+            "undelivered": None if optional[3] else money[2],
+            "prevented_estimate": money[3],
+            "pricing_source": pricing_source,
+        },
+        times={
+            "started": times[0],
+            "first_chunk": None if optional[4] else times[1],
+            "stop_requested": None if optional[5] else times[2],
+            "upstream_closed": times[3],
+            "finalized": times[4],
+        },
+        trace_id=None if optional[0] else "0af7651916cd43dd8448eb211c80319c",
+        span_id=None if optional[1] else "b7ad6b7169203331",
+        attributes=attributes,
+    )
+    ledger = Ledger(_SIGNER, ledger_id=ledger_id)
+    ledger.seal(receipt_fields())  # a seq and prev_hash that are not the draft's placeholders
+    receipt, sealed = ledger.seal_bytes(fields)
+
+    assert sealed == receipt.canonical_bytes() == rfc8785.dumps(receipt.unsigned_dict())
+    assert hashlib.sha256(sealed).hexdigest() == receipt.hash
+    assert _SIGNER.verifier().verify(sealed, receipt.signature)
+    pieces = receipt.canonical_pieces()
+    if any(max(k) > "\uffff" for k in attributes):
+        assert pieces is None  # JCS orders such names by UTF-16 units: the general encoder
+    else:
+        assert pieces is not None
+        head, middle, tail = pieces
+        assert head + receipt.prev_hash.encode() + middle + b"1" + tail == sealed
+
+
+def test_a_lone_surrogate_is_refused_by_the_seal_and_leaves_the_chain_as_it_was() -> None:
+    ledger = Ledger(_SIGNER, ledger_id="ledger-1")
+    with pytest.raises(ValueError, match="surrogate"):
+        ledger.seal(receipt_fields(detail="bad \ud800 text"))
+    with pytest.raises(ValueError, match="surrogate"):
+        ledger.seal(receipt_fields(attributes={"\udfff": "x"}))
+    assert ledger.next_seq == 0

@@ -17,13 +17,13 @@ records (Loki).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING
 from typing import Any
 
+from streamguard._receipts._hashing import sha256_hex
 from streamguard._receipts.model import (
     GENESIS_HASH,
     SCHEMA,
@@ -112,8 +112,9 @@ class Ledger:
         Raises ``TypeError``/``ValueError`` naming the bad field; the chain is then unchanged.
         """
         kwargs = _prepare(fields)
-        # Validation and the unsigned dict depend only on the caller's fields, so they happen
-        # outside the lock, on a draft whose chain fields are placeholders.
+        # Validation and encoding depend only on the caller's fields, so they happen outside
+        # the lock, on a draft whose chain fields are placeholders: the canonical bytes are
+        # encoded around prev_hash and seq, which are spliced in under the lock.
         draft = Receipt(
             ledger_id=self._ledger_id,
             seq=0,
@@ -122,15 +123,20 @@ class Ledger:
             signature=self._placeholder,
             **kwargs,
         )
-        body = draft.unsigned_dict()
+        pieces = draft.canonical_pieces()
         signer = self._signer
         with self._lock:
             seq = self._next_seq
             prev_hash = self._prev_hash
-            body["seq"] = seq
-            body["prev_hash"] = prev_hash
-            data = encode_unsigned(body, draft.attributes)
-            digest = hashlib.sha256(data).hexdigest()
+            if pieces is not None:
+                head, middle, tail = pieces
+                data = b"".join((head, prev_hash.encode(), middle, str(seq).encode(), tail))
+            else:  # an attribute name beyond U+FFFF (rare): the general encoder orders it
+                body = draft.unsigned_dict()
+                body["seq"] = seq
+                body["prev_hash"] = prev_hash
+                data = encode_unsigned(body, draft.attributes)
+            digest = sha256_hex(data)  # the GIL held (see _hashing)
             signature = Signature(signer.alg, signer.key_id, signer.sign(data))
             # The draft has not escaped this function yet, so completing it in place is still
             # construction, not mutation of a frozen value (and saves a second validation).

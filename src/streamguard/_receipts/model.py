@@ -36,7 +36,7 @@ from typing import Any
 
 from streamguard._reasons import Outcome, StopReason
 from streamguard._receipts import _validate as v
-from streamguard._receipts.canonical import canonical_bytes, encode_in_fast_domain
+from streamguard._receipts.canonical import MAX_SAFE_INT, canonical_bytes, encode_in_fast_domain
 from streamguard.exceptions import ReceiptVerificationError
 
 __all__ = [
@@ -238,6 +238,12 @@ class Receipt:
     signature: Signature
 
     def __post_init__(self) -> None:
+        # Every field already plain and valid (what Ledger.seal builds) is checked in one pass;
+        # anything else takes the field-by-field checks, which normalise (str subclasses to
+        # str) and raise naming the field.
+        if self._plain_and_valid():
+            object.__setattr__(self, "attributes", MappingProxyType(v.attributes(self.attributes)))
+            return
         if self.schema != SCHEMA:
             raise ValueError(f"schema must be {SCHEMA!r}, got {v.preview(self.schema)}")
         v.assign(self, "schema", SCHEMA)
@@ -272,6 +278,58 @@ class Receipt:
         object.__setattr__(self, "attributes", MappingProxyType(v.attributes(self.attributes)))
         v.hex_field(self, "hash", "hash", 64)
         v.instance("signature", self.signature, Signature)
+
+    def _plain_and_valid(self) -> bool:
+        """True when ``__post_init__``'s checks would all pass and change nothing but the
+        attributes' copy: exact types (``str``, ``int``, the part classes), valid values.
+        (Written out inline, no helper calls: it runs for every sealed receipt.)"""
+        rid, sid, lid, provider, op = (
+            self.receipt_id,
+            self.stream_id,
+            self.ledger_id,
+            self.provider,
+            self.operation,
+        )
+        reason, category, outcome = self.reason, self.category, self.outcome
+        model, detail, trace_id, span_id = self.model, self.detail, self.trace_id, self.span_id
+        max_tokens, seq = self.request_max_tokens, self.seq
+        prev_hash, digest = self.prev_hash, self.hash
+        return bool(
+            self.schema is SCHEMA
+            and type(rid) is str
+            and rid != ""
+            and type(sid) is str
+            and sid != ""
+            and type(lid) is str
+            and lid != ""
+            and type(provider) is str
+            and provider != ""
+            and type(op) is str
+            and op != ""
+            and type(seq) is int
+            and 0 <= seq <= MAX_SAFE_INT
+            and (prev_hash is GENESIS_HASH or (type(prev_hash) is str and _HEX64(prev_hash)))
+            and (model is None or (type(model) is str and model != ""))
+            and (
+                max_tokens is None or (type(max_tokens) is int and 0 <= max_tokens <= MAX_SAFE_INT)
+            )
+            and type(outcome) is str
+            and outcome in _OUTCOMES
+            and type(reason) is str
+            and reason in _REASON_CATEGORY
+            and (
+                category is _REASON_CATEGORY[reason]
+                or (type(category) is str and category == _REASON_CATEGORY[reason])
+            )
+            and (detail is None or type(detail) is str)
+            and type(self.tokens) is Tokens
+            and type(self.cost) is Costs
+            and type(self.times) is Times
+            and (trace_id is None or (type(trace_id) is str and _HEX32(trace_id)))
+            and (span_id is None or (type(span_id) is str and _HEX16(span_id)))
+            and (digest is GENESIS_HASH or (type(digest) is str and _HEX64(digest)))
+            and type(self.signature) is Signature
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: plain nested dicts, times as decimal strings, DESIGN key order."""
@@ -308,8 +366,97 @@ class Receipt:
         }
 
     def canonical_bytes(self) -> bytes:
-        """RFC 8785 bytes of all fields but ``hash`` and ``signature``: what is signed."""
+        """RFC 8785 bytes of all fields but ``hash`` and ``signature``: what is signed.
+
+        Through the general encoder (``encode_unsigned``), which ``verify`` uses too; sealing
+        uses ``canonical_pieces``, and the verifier checks the two agree on every receipt.
+        """
         return encode_unsigned(self.unsigned_dict(), self.attributes)
+
+    def canonical_pieces(self) -> tuple[bytes, bytes, bytes] | None:
+        """``canonical_bytes`` cut around ``prev_hash`` and ``seq``, for ``Ledger.seal_bytes``.
+
+        ``canonical_bytes() == a + prev_hash.encode() + b + str(seq).encode() + c`` for the
+        returned ``(a, b, c)``, so the ledger encodes a draft outside its lock and splices the
+        chain fields in. ``None`` when an attribute name holds a character beyond U+FFFF (JCS
+        then orders keys differently from Python: use ``canonical_bytes``). Raises
+        ``ValueError`` for a lone surrogate, as ``canonical_bytes`` does.
+
+        Written out by hand for speed (a third of the stdlib encoder's time): keys in JCS
+        order (plain ASCII names: code point order), every string through the stdlib
+        encoder's own escaping function, so the bytes are the stdlib encoder's bytes, which are
+        the JCS bytes in this domain (``canonical``). ``tests/test_receipts_model.py`` checks
+        them against ``encode_unsigned`` and ``rfc8785`` for hostile values.
+        """
+        attributes = self.attributes
+        if attributes:
+            parts = []
+            for key in sorted(attributes):
+                if not key.isascii() and max(key) > "\uffff":
+                    return None
+                value = attributes[key]
+                if type(value) is str:
+                    text = _quote(value)
+                elif value is True:
+                    text = "true"
+                elif value is False:
+                    text = "false"
+                else:  # validated: an exact int
+                    text = int.__repr__(value)
+                parts.append(f"{_quote(key)}:{text}")
+            attrs = "{" + ",".join(parts) + "}"
+        else:
+            attrs = "{}"
+        c, t, k = self.cost, self.times, self.tokens
+        # The values that may be null, written out (no helper call per value).
+        q, null = _quote, "null"
+        category = null if self.category is None else q(self.category)
+        detail = null if self.detail is None else q(self.detail)
+        model = null if self.model is None else q(self.model)
+        trace_id = null if self.trace_id is None else q(self.trace_id)
+        span_id = null if self.span_id is None else q(self.span_id)
+        max_tokens = (
+            null if self.request_max_tokens is None else int.__repr__(self.request_max_tokens)
+        )
+        c_input = null if c.input is None else q(c.input)
+        c_output = null if c.output is None else q(c.output)
+        c_undelivered = null if c.undelivered is None else q(c.undelivered)
+        c_prevented = null if c.prevented_estimate is None else q(c.prevented_estimate)
+        # Times are JSON strings of their decimal digits: nothing in them needs escaping.
+        first_chunk = null if t.first_chunk is None else f'"{t.first_chunk}"'
+        stop_requested = null if t.stop_requested is None else f'"{t.stop_requested}"'
+        upstream_closed = null if t.upstream_closed is None else f'"{t.upstream_closed}"'
+        # Validated counts are exact ints (never bool): f-strings format them as repr does.
+        k_input = null if k.input is None else int.__repr__(k.input)
+        head = (
+            f'{{"attributes":{attrs},"category":{category},'
+            f'"cost":{{"currency":{q(c.currency)},"input":{c_input},'
+            f'"output":{c_output},"prevented_estimate":{c_prevented},'
+            f'"pricing_source":{q(c.pricing_source)},"undelivered":{c_undelivered}}},'
+            f'"detail":{detail},"ledger_id":{q(self.ledger_id)},'
+            f'"model":{model},"operation":{q(self.operation)},'
+            f'"outcome":{q(self.outcome)},"prev_hash":"'
+        )
+        middle = (
+            f'","provider":{q(self.provider)},"reason":{q(self.reason)},'
+            f'"receipt_id":{q(self.receipt_id)},"request_max_tokens":{max_tokens},'
+            f'"schema":{q(self.schema)},"seq":'
+        )
+        tail = (
+            f',"span_id":{span_id},"stream_id":{q(self.stream_id)},'
+            f'"times":{{"finalized":"{t.finalized}","first_chunk":{first_chunk},'
+            f'"started":"{t.started}","stop_requested":{stop_requested},'
+            f'"upstream_closed":{upstream_closed}}},'
+            f'"tokens":{{"committed":{k.committed},"consumed":{k.consumed},'
+            f'"input":{k_input},"post_cutoff":{k.post_cutoff},'
+            f'"prevented_estimate":{k.prevented_estimate},"produced":{k.produced},'
+            f'"undelivered":{k.undelivered},"usage_source":{q(k.usage_source)}}},'
+            f'"trace_id":{trace_id}}}'
+        )
+        try:
+            return head.encode("utf-8"), middle.encode("utf-8"), tail.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: not valid I-JSON text
+            raise ValueError("canonical JSON cannot contain lone surrogate characters") from exc
 
     def to_json(self) -> str:
         """One line of JSON including ``hash`` and ``signature`` (the ledger line format).
@@ -365,6 +512,9 @@ _TIMES = tuple(Times.__dataclass_fields__)
 _SIG = tuple(Signature.__dataclass_fields__)
 
 
+_HEX16, _HEX32, _HEX64 = (re.compile(f"[0-9a-f]{{{n}}}").fullmatch for n in (16, 32, 64))
+
+
 def _opt_str(value: int | None) -> str | None:
     return None if value is None else str(value)
 
@@ -375,6 +525,11 @@ def _parse_time(name: str, value: object) -> int:
             f"times.{name} must be a string of decimal integer nanoseconds, got {v.preview(value)}"
         )
     return int(value)
+
+
+# The stdlib JSON encoder's own string escaping (its C function when built, as the encoder
+# itself uses with ensure_ascii=False): quotes, backslash and U+0000-U+001F, nothing else.
+_quote = json.encoder.encode_basestring
 
 
 def _parse_optional_time(name: str, value: object) -> int | None:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from streamguard._receipts import _keyfiles as kf
+from streamguard._receipts._hashing import HmacSha256
 from streamguard._receipts._keyfiles import (
     DEFAULT_KEY_ID,
     ENV_KEY_ID,
@@ -98,19 +99,21 @@ class Verifier(Protocol):
 class HmacSigner:
     """HMAC-SHA256 signer (alg ``hmac-sha256``). The secret never appears in its repr."""
 
-    __slots__ = ("_key_id", "_secret")
+    __slots__ = ("_hmac", "_key_id", "_secret")
     alg = "hmac-sha256"
 
     def __init__(self, secret: bytes, key_id: str = DEFAULT_KEY_ID) -> None:
         self._secret = kf.check_secret(secret, "secret")
         self._key_id = kf.check_key_id(key_id, "key_id")
+        self._hmac = HmacSha256(self._secret)
 
     @property
     def key_id(self) -> str:
         return self._key_id
 
     def sign(self, data: bytes) -> str:
-        return base64.b64encode(hmac.digest(self._secret, data, "sha256")).decode("ascii")
+        # Not hmac.digest: it releases the GIL on every call (see _hashing).
+        return base64.b64encode(self._hmac.digest(data)).decode("ascii")
 
     def verifier(self) -> HmacVerifier:
         """A verifier for this signer's signatures (same secret, same key id)."""
