@@ -82,7 +82,7 @@ class StreamCore(Lifecycle):
         self.detail: str | None = None
         self.error_type: str | None = None
         self.rejected = False
-        self._later: list[str] = []
+        self._later: list[str] | None = None  # later stop signals, made by the first
         # Units (chunks carrying model output) and the tokens they carry; see "Counters" below.
         self._n = _ZERO  # (produced, produced_tokens, committed, committed_tokens)
         self._asked = _ZERO  # ``_n`` when the application last asked for a unit
@@ -99,7 +99,7 @@ class StreamCore(Lifecycle):
         self.estimated_output_tokens: int | None = None  # the estimate usage replaced
         self.response_id: str | None = None
         self.response_model: str | None = None
-        self.finish_reasons: list[str] = []
+        self._finish_reasons: list[str] | None = None  # see finish_reasons
         self.t_started = _time_ns()
         self.t_started_mono = _monotonic_ns()
         self.t_first_chunk: int | None = None
@@ -117,8 +117,8 @@ class StreamCore(Lifecycle):
         self._followed: tuple[Any, Any] | None = None  # (task iterating it, home's token)
         self.timer_entry: list[Any] | None = None  # this stream's entry in its loop's timers
         self._final_event: threading.Event | None = None  # made by the first wait_final
-        self._receipt_waiters: list[Callable[[], object]] = []
-        self._closed_waiters: list[Callable[[], object]] = []
+        self._receipt_waiters: list[Callable[[], object]] | None = None
+        self._closed_waiters: list[Callable[[], object]] | None = None
         self.receipt: Receipt | None = None
         self.span: Any = None
         self.checks: list[Callable[[StreamCore, Any, int], None]] | None = None
@@ -134,6 +134,19 @@ class StreamCore(Lifecycle):
         # before the first unit.
         self.consume_on_next = True
         runtime.stream_opened(self)
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        """The finish reasons the provider reported (meters append; made at the first: most
+        streams report one, at their end, and an open stream need not hold an empty list)."""
+        reasons = self._finish_reasons
+        if reasons is None:
+            reasons = self._finish_reasons = []
+        return reasons
+
+    @finish_reasons.setter
+    def finish_reasons(self, reasons: list[str]) -> None:
+        self._finish_reasons = reasons
 
     # ------------------------------------------------------------------------ counters
     # One consumer reads a stream at a time, so the per-unit path takes no lock: the driver is
