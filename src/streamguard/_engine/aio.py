@@ -428,7 +428,7 @@ class _RunWatcher:
         # generators, the SDK's response among them, and nothing can read it any more. It is
         # stopped now (sealed from here: the run is gone), not left to the watchdog's stall.
         for entry in list(home.timers.entries()):
-            core: StreamCore | None = entry[2]
+            core = entry.core
             if core is not None and core.stop_reason is None:
                 core.request_stop(
                     StopReason.CONSUMER_CLOSED, "the trio run iterating the stream ended"

@@ -32,6 +32,7 @@ from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
     from streamguard._engine.aio import Home
+    from streamguard._engine.looptimers import TimerEntry
     from streamguard._engine.ports import Host
     from streamguard._receipts.model import Receipt
 
@@ -115,7 +116,7 @@ class StreamCore(Lifecycle):
         self._abort: Callable[[], object] | None = None
         self._home: Home | None = None  # the event loop of an async upstream
         self._followed: tuple[Any, Any] | None = None  # (task iterating it, home's token)
-        self.timer_entry: list[Any] | None = None  # this stream's entry in its loop's timers
+        self.timer_entry: TimerEntry | None = None  # this stream's entry in its loop's timers
         self._final_event: threading.Event | None = None  # made by the first wait_final
         self._receipt_waiters: list[Callable[[], object]] | None = None
         self._closed_waiters: list[Callable[[], object]] | None = None

@@ -31,6 +31,7 @@ from streamguard._engine.phases import CLOSED, FINAL, OPEN, STOPPING
 if TYPE_CHECKING:
     from streamguard._engine.aio import Home
     from streamguard._engine.core import StreamCore
+    from streamguard._engine.looptimers import TimerEntry
     from streamguard._engine.ports import Host
     from streamguard._engine.reasons import StopReason
     from streamguard._receipts.model import Receipt
@@ -127,7 +128,7 @@ class Lifecycle:
     receipt: Receipt | None
     checks: list[Callable[[Any, Any, int], None]] | None
     async_checks: list[Any] | None
-    timer_entry: list[Any] | None
+    timer_entry: TimerEntry | None
     t_stop_requested: int | None
     t_stop_mono: int | None
     t_upstream_closed: int | None
