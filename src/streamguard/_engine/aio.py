@@ -68,10 +68,11 @@ class Home:
         raise NotImplementedError
 
     def follow(self, task: Any, core: StreamCore) -> Any:
-        """*loop*: watch ``task``'s end for ``core``; returns what ``unfollow`` needs."""
+        """*loop*: watch ``task``'s end for ``core``; returns what ``unfollow`` needs (which
+        holds the task: the stream keeps only that)."""
         raise NotImplementedError
 
-    def unfollow(self, task: Any, token: Any) -> None:
+    def unfollow(self, token: Any) -> None:
         """*loop*: stop watching (a stream's end must not leave anything on its task)."""
         raise NotImplementedError
 
@@ -211,12 +212,12 @@ class AsyncioHome(Home):
         task.add_done_callback(_closing_tasks.discard)
 
     def follow(self, task: Any, core: StreamCore) -> Any:
-        watcher = _TaskWatcher(core)
+        watcher = _TaskWatcher(core, task)
         task.add_done_callback(watcher)
         return watcher
 
-    def unfollow(self, task: Any, token: Any) -> None:
-        task.remove_done_callback(token)
+    def unfollow(self, token: Any) -> None:
+        token.task.remove_done_callback(token)
 
     def set_alarm(self, delay: float | None) -> None:
         if self._alarm is not None:
@@ -254,10 +255,11 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 class _TaskWatcher:
     """The done callback of the asyncio task iterating a stream (an object, to be removed)."""
 
-    __slots__ = ("core",)
+    __slots__ = ("core", "task")
 
-    def __init__(self, core: StreamCore) -> None:
+    def __init__(self, core: StreamCore, task: asyncio.Task[Any]) -> None:
         self.core = core
+        self.task = task  # what unfollow takes it off (a stream keeps no (task, watcher) pair)
 
     def __call__(self, task: asyncio.Task[Any]) -> None:
         # The end of the task that iterates the stream is a stop signal when it ends by
@@ -343,13 +345,14 @@ class TrioHome(Home):
 
     def follow(self, task: Any, core: StreamCore) -> Any:
         self.followed.setdefault(task, []).append(core)
-        return core
+        return task, core
 
-    def unfollow(self, task: Any, token: Any) -> None:
+    def unfollow(self, token: Any) -> None:
+        task, core = token
         cores = self.followed.get(task)
         if cores is not None:
-            if token in cores:
-                cores.remove(token)
+            if core in cores:
+                cores.remove(core)
             if not cores:
                 del self.followed[task]
 

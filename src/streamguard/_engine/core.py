@@ -115,7 +115,7 @@ class StreamCore(Lifecycle):
         self._aclose: Callable[[], Awaitable[object]] | None = None
         self._abort: Callable[[], object] | None = None
         self._home: Home | None = None  # the event loop of an async upstream
-        self._followed: tuple[Any, Any] | None = None  # (task iterating it, home's token)
+        self._followed: Any = None  # the watch on the task iterating it (``Home.follow``)
         self.timer_entry: TimerEntry | None = None  # this stream's entry in its loop's timers
         self._final_event: threading.Event | None = None  # made by the first wait_final
         self._receipt_waiters: list[Callable[[], object]] | None = None

@@ -317,9 +317,9 @@ class AsyncDriver(_Driver):
         assert home is not None
         old, core._followed = core._followed, None
         if old is not None:
-            home.unfollow(*old)
+            home.unfollow(old)
         if task is not None:
-            core._followed = (task, home.follow(task, core))
+            core._followed = home.follow(task, core)
 
     async def aclose(
         self, reason: StopReason = StopReason.CONSUMER_CLOSED, detail: str | None = None

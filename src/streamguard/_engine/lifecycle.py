@@ -139,7 +139,7 @@ class Lifecycle:
     _aclose: Callable[[], Awaitable[object]] | None
     _abort: Callable[[], object] | None
     _home: Home | None
-    _followed: tuple[Any, Any] | None
+    _followed: Any  # what the home's unfollow takes, or None
     _final_event: threading.Event | None
     # None until the first entry: most streams never have one (56 bytes each otherwise).
     _receipt_waiters: list[Callable[[], object]] | None
@@ -352,7 +352,7 @@ class Lifecycle:
             home.timers.cancel(_core(self))
         followed, self._followed = self._followed, None
         if followed is not None:
-            home.unfollow(*followed)
+            home.unfollow(followed)
 
     def _closed(self) -> None:
         with self._lock:
