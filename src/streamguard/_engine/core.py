@@ -25,7 +25,8 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
 
 from streamguard._engine.lifecycle import CLOSED, FINAL, OPEN, STOPPING, Lifecycle
 from streamguard._engine.reasons import StopReason
@@ -47,6 +48,9 @@ HIDE = -2
 _monotonic_ns = time.monotonic_ns
 _time_ns = time.time_ns
 _ZERO = (0, 0, 0, 0)
+#: The attributes of a stream that has none (most): one shared, read-only mapping, replaced by
+#: a stream's own dict at its first attribute (``set_attributes``).
+NO_ATTRIBUTES: Mapping[str, str | int | bool] = MappingProxyType({})
 
 
 class StreamCore(Lifecycle):
@@ -73,7 +77,7 @@ class StreamCore(Lifecycle):
         self.model = model
         self.operation = operation
         self.request_max_tokens = request_max_tokens
-        self.attributes = dict(attributes or {})
+        self.attributes = dict(attributes) if attributes else NO_ATTRIBUTES
         self.server_address = server_address
         self.server_port = server_port
         self._lock = threading.Lock()
@@ -148,6 +152,18 @@ class StreamCore(Lifecycle):
     @finish_reasons.setter
     def finish_reasons(self, reasons: list[str]) -> None:
         self._finish_reasons = reasons
+
+    def set_attributes(self, items: Mapping[str, str | int | bool]) -> None:
+        """Add or replace receipt attributes (the stream's own dict is made by the first)."""
+        if not items:
+            return
+        attributes = self.attributes
+        if attributes is NO_ATTRIBUTES:
+            with self._lock:  # two first writers from two threads: both kept
+                if self.attributes is NO_ATTRIBUTES:
+                    self.attributes = {}
+                attributes = self.attributes
+        cast("dict[str, str | int | bool]", attributes).update(items)
 
     # ------------------------------------------------------------------------ counters
     # One consumer reads a stream at a time, so the per-unit path takes no lock: the driver is
