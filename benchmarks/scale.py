@@ -331,10 +331,15 @@ def sites_main(argv: list[str]) -> None:
         f"{guarded['bytes_per_stream']:.0f}; RSS bare {res['bare']['rss_added'] / n:.0f}, "
         f"guarded {res['guarded']['rss_added'] / n:.0f} (tracemalloc's own memory included)"
     )
-    print("== per line, guarded minus bare (B/stream, objects/stream)")
+    print("== per line, guarded minus bare (B/stream, objects/stream, both differences)")
+    # Lines of bare alone count too (negative): an SDK allocation made under a guard's frame
+    # moves from the SDK's line to the guard's, and is not the guard's cost.
     diff = {
-        where: (size - bare["lines"].get(where, [0, 0])[0], count)
-        for where, (size, count) in guarded["lines"].items()
+        where: (
+            guarded["lines"].get(where, [0, 0])[0] - bare["lines"].get(where, [0, 0])[0],
+            guarded["lines"].get(where, [0, 0])[1] - bare["lines"].get(where, [0, 0])[1],
+        )
+        for where in {*guarded["lines"], *bare["lines"]}
     }
     for where, (size, count) in sorted(diff.items(), key=lambda kv: -abs(kv[1][0])):
         if abs(size) >= 4:

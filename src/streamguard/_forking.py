@@ -86,8 +86,7 @@ def disown(core: StreamCore) -> None:
         core.stop_reason = StopReason.SHUTDOWN
         core.detail = "inherited by a forked child process; the parent seals its receipt"
     core.phase = FINAL
-    core._receipt_waiters = []
-    core._closed_waiters = []
+    core._receipt_waiters = core._closed_waiters = None
     done = threading.Event()
     done.set()
     core._final_event = done

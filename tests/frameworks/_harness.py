@@ -81,7 +81,7 @@ def guard_state() -> list[dict[str, Any]]:
                 "in_read": core.in_read,
                 "watch": core.watch,
                 "ms_since_last": (t - core.t_last) / MS,
-                "timer_due_in_ms": None if entry is None else (entry[0] - t) / MS,
+                "timer_due_in_ms": None if entry is None else (entry.due - t) / MS,
                 "loop": None if home is None else (home.name, home.running()),
                 "loop_alarm_in_ms": None
                 if timers is None or timers._alarm_due is None

@@ -158,6 +158,7 @@ class AsyncioHome(Home):
         self._loop_ref = weakref.ref(loop)
         self.timers = LoopTimers(self)
         self._alarm: asyncio.TimerHandle | None = None
+        self._getter_ref: weakref.ref[Callable[[], Any]] | None = None  # see task_getter
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -166,11 +167,18 @@ class AsyncioHome(Home):
     def task_getter(self) -> Callable[[], Any]:
         # Python 3.11's asyncio.current_task is a Python function that finds the running loop
         # and looks it up in the tasks' dict: three calls per chunk, where one lookup bound to
-        # this loop is one. From 3.12 it is C: one call already.
+        # this loop is one. From 3.12 it is C: one call already. The lookup holds the loop, so
+        # the home keeps it weakly: one is shared by the loop's open streams (264 bytes each
+        # otherwise), and it goes, and the loop can go, with the last of them.
+        getter = self._getter_ref() if self._getter_ref is not None else None
+        if getter is not None:
+            return getter
         get = getattr(asyncio.current_task, "__globals__", {}).get("_current_tasks")
         loop = self._loop_ref()
         if isinstance(get, dict) and loop is not None:
-            return functools.partial(get.get, loop)
+            getter = functools.partial(get.get, loop)
+            self._getter_ref = weakref.ref(getter)
+            return getter
         return asyncio.current_task
 
     def here(self) -> bool:
@@ -428,7 +436,7 @@ class _RunWatcher:
         # generators, the SDK's response among them, and nothing can read it any more. It is
         # stopped now (sealed from here: the run is gone), not left to the watchdog's stall.
         for entry in list(home.timers.entries()):
-            core: StreamCore | None = entry[2]
+            core = entry.core
             if core is not None and core.stop_reason is None:
                 core.request_stop(
                     StopReason.CONSUMER_CLOSED, "the trio run iterating the stream ended"

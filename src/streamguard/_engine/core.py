@@ -25,13 +25,15 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
 
 from streamguard._engine.lifecycle import CLOSED, FINAL, OPEN, STOPPING, Lifecycle
 from streamguard._engine.reasons import StopReason
 
 if TYPE_CHECKING:
     from streamguard._engine.aio import Home
+    from streamguard._engine.looptimers import TimerEntry
     from streamguard._engine.ports import Host
     from streamguard._receipts.model import Receipt
 
@@ -46,6 +48,28 @@ HIDE = -2
 _monotonic_ns = time.monotonic_ns
 _time_ns = time.time_ns
 _ZERO = (0, 0, 0, 0)
+#: The attributes of a stream that has none (most): one shared, read-only mapping, replaced by
+#: a stream's own dict at its first attribute (``set_attributes``).
+NO_ATTRIBUTES: Mapping[str, str | int | bool] = MappingProxyType({})
+
+# A stream's lock is one of a fixed set, shared (striped) by many streams: a lock of its own was
+# 88 bytes per open stream. Sharing is safe because no code holds a stream's lock while it takes
+# any other lock (every ``with self._lock`` block here and in lifecycle.py only reads and sets
+# this stream's fields), and cheap because each is held for a few field stores. A forked child
+# gets a new set (one could be held by a parent thread at the fork); the parent's streams it
+# inherits get locks of their own there (``_forking.disown``).
+_LOCK_STRIPES = 64
+_locks: tuple[threading.Lock, ...] = ()
+
+
+def _new_locks() -> None:
+    global _locks
+    _locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+
+
+_new_locks()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks)
 
 
 class StreamCore(Lifecycle):
@@ -72,17 +96,17 @@ class StreamCore(Lifecycle):
         self.model = model
         self.operation = operation
         self.request_max_tokens = request_max_tokens
-        self.attributes = dict(attributes or {})
+        self.attributes = dict(attributes) if attributes else NO_ATTRIBUTES
         self.server_address = server_address
         self.server_port = server_port
-        self._lock = threading.Lock()
+        self._lock = _locks[(id(self) >> 4) % _LOCK_STRIPES]
         self.phase = OPEN
         self.stop_reason: StopReason | None = None
         self.stop_exc: BaseException | None = None  # what the consumer gets, set by checks
         self.detail: str | None = None
         self.error_type: str | None = None
         self.rejected = False
-        self._later: list[str] = []
+        self._later: list[str] | None = None  # later stop signals, made by the first
         # Units (chunks carrying model output) and the tokens they carry; see "Counters" below.
         self._n = _ZERO  # (produced, produced_tokens, committed, committed_tokens)
         self._asked = _ZERO  # ``_n`` when the application last asked for a unit
@@ -99,7 +123,7 @@ class StreamCore(Lifecycle):
         self.estimated_output_tokens: int | None = None  # the estimate usage replaced
         self.response_id: str | None = None
         self.response_model: str | None = None
-        self.finish_reasons: list[str] = []
+        self._finish_reasons: list[str] | None = None  # see finish_reasons
         self.t_started = _time_ns()
         self.t_started_mono = _monotonic_ns()
         self.t_first_chunk: int | None = None
@@ -115,10 +139,10 @@ class StreamCore(Lifecycle):
         self._abort: Callable[[], object] | None = None
         self._home: Home | None = None  # the event loop of an async upstream
         self._followed: tuple[Any, Any] | None = None  # (task iterating it, home's token)
-        self.timer_entry: list[Any] | None = None  # this stream's entry in its loop's timers
+        self.timer_entry: TimerEntry | None = None  # this stream's entry in its loop's timers
         self._final_event: threading.Event | None = None  # made by the first wait_final
-        self._receipt_waiters: list[Callable[[], object]] = []
-        self._closed_waiters: list[Callable[[], object]] = []
+        self._receipt_waiters: list[Callable[[], object]] | None = None
+        self._closed_waiters: list[Callable[[], object]] | None = None
         self.receipt: Receipt | None = None
         self.span: Any = None
         self.checks: list[Callable[[StreamCore, Any, int], None]] | None = None
@@ -134,6 +158,31 @@ class StreamCore(Lifecycle):
         # before the first unit.
         self.consume_on_next = True
         runtime.stream_opened(self)
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        """The finish reasons the provider reported (meters append; made at the first: most
+        streams report one, at their end, and an open stream need not hold an empty list)."""
+        reasons = self._finish_reasons
+        if reasons is None:
+            reasons = self._finish_reasons = []
+        return reasons
+
+    @finish_reasons.setter
+    def finish_reasons(self, reasons: list[str]) -> None:
+        self._finish_reasons = reasons
+
+    def set_attributes(self, items: Mapping[str, str | int | bool]) -> None:
+        """Add or replace receipt attributes (the stream's own dict is made by the first)."""
+        if not items:
+            return
+        attributes = self.attributes
+        if attributes is NO_ATTRIBUTES:
+            with self._lock:  # two first writers from two threads: both kept
+                if self.attributes is NO_ATTRIBUTES:
+                    self.attributes = {}
+                attributes = self.attributes
+        cast("dict[str, str | int | bool]", attributes).update(items)
 
     # ------------------------------------------------------------------------ counters
     # One consumer reads a stream at a time, so the per-unit path takes no lock: the driver is

@@ -31,6 +31,7 @@ from streamguard._engine.phases import CLOSED, FINAL, OPEN, STOPPING
 if TYPE_CHECKING:
     from streamguard._engine.aio import Home
     from streamguard._engine.core import StreamCore
+    from streamguard._engine.looptimers import TimerEntry
     from streamguard._engine.ports import Host
     from streamguard._engine.reasons import StopReason
     from streamguard._receipts.model import Receipt
@@ -60,6 +61,7 @@ class Lifecycle:
         "_ext_consumed",
         "_ext_consumed_tokens",
         "_final_event",
+        "_finish_reasons",
         "_followed",
         "_frozen",
         "_frozen_asked",
@@ -78,7 +80,6 @@ class Lifecycle:
         "detail",
         "error_type",
         "estimated_output_tokens",
-        "finish_reasons",
         "idle_clock",
         "in_read",
         "input_tokens",
@@ -127,21 +128,22 @@ class Lifecycle:
     receipt: Receipt | None
     checks: list[Callable[[Any, Any, int], None]] | None
     async_checks: list[Any] | None
-    timer_entry: list[Any] | None
+    timer_entry: TimerEntry | None
     t_stop_requested: int | None
     t_stop_mono: int | None
     t_upstream_closed: int | None
     t_upstream_closed_mono: int | None
     _lock: threading.Lock
-    _later: list[str]
+    _later: list[str] | None
     _close: Callable[[], object] | None
     _aclose: Callable[[], Awaitable[object]] | None
     _abort: Callable[[], object] | None
     _home: Home | None
     _followed: tuple[Any, Any] | None
     _final_event: threading.Event | None
-    _receipt_waiters: list[Callable[[], object]]
-    _closed_waiters: list[Callable[[], object]]
+    # None until the first entry: most streams never have one (56 bytes each otherwise).
+    _receipt_waiters: list[Callable[[], object]] | None
+    _closed_waiters: list[Callable[[], object]] | None
 
     # ----------------------------------------------------------------- upstream binding
     def bind_upstream(
@@ -206,8 +208,11 @@ class Lifecycle:
         """Record the stop signal; True if it is the first (the caller then closes)."""
         with self._lock:
             if self.stop_reason is not None:
-                if len(self._later) < 16:
-                    self._later.append(str(reason))
+                later = self._later
+                if later is None:
+                    later = self._later = []
+                if len(later) < 16:
+                    later.append(str(reason))
                 return False
             self.stop_reason = reason  # first: a unit racing with the stop sees it (core.py)
             _core(self)._freeze()
@@ -356,8 +361,8 @@ class Lifecycle:
             self.phase = CLOSED
             self.t_upstream_closed = _time_ns()
             self.t_upstream_closed_mono = _monotonic_ns()
-            waiters, self._closed_waiters = self._closed_waiters, []
-        for notify in waiters:
+            waiters, self._closed_waiters = self._closed_waiters, None
+        for notify in waiters or ():
             notify()
         self.runtime.finalize(_core(self))
 
@@ -368,9 +373,8 @@ class Lifecycle:
         with self._lock:
             self.receipt = receipt
             self.phase = FINAL
-            waiters, self._receipt_waiters = self._receipt_waiters, []
-            waiters += self._closed_waiters  # none: closing notified them
-            self._closed_waiters = []
+            waiters = [*(self._receipt_waiters or ()), *(self._closed_waiters or ())]
+            self._receipt_waiters = self._closed_waiters = None  # (closing notified those)
             event = self._final_event
         if event is not None:
             event.set()
@@ -384,10 +388,14 @@ class Lifecycle:
             if closed:
                 if self.phase >= CLOSED:
                     return False
+                if self._closed_waiters is None:
+                    self._closed_waiters = []
                 self._closed_waiters.append(notify)
                 return True
             if self.phase == FINAL:
                 return False
+            if self._receipt_waiters is None:
+                self._receipt_waiters = []
             self._receipt_waiters.append(notify)
         return True
 
@@ -417,4 +425,4 @@ class Lifecycle:
         await home.wait(_core(self), closed=closed)
 
     def later_signals(self) -> list[str]:
-        return list(self._later)
+        return list(self._later or ())

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from streamguard._engine import ports
 from streamguard._engine.reasons import StopReason
@@ -132,15 +131,29 @@ class LagClock:
         self._pending_due = None
 
 
+class TimerEntry:
+    """One stream's place in its loop's timer heap: ``core`` is None once dropped. Ordered by
+    ``due`` alone (ties in any order): 48 bytes, where a ``[due, seq, core]`` list and its
+    sequence number were about 110, per open stream."""
+
+    __slots__ = ("core", "due")
+
+    def __init__(self, due: int, core: StreamCore | None) -> None:
+        self.due = due
+        self.core = core
+
+    def __lt__(self, other: TimerEntry) -> bool:
+        return self.due < other.due
+
+
 class LoopTimers:
     """The timers of one loop's streams. Every method runs on that loop."""
 
-    __slots__ = ("_alarm_due", "_dead", "_forgive", "_heap", "_seq", "home", "lag")
+    __slots__ = ("_alarm_due", "_dead", "_forgive", "_heap", "home", "lag")
 
     def __init__(self, home: Home) -> None:
         self.home = home
-        self._heap: list[list[Any]] = []  # [due, seq, core or None (dropped)]
-        self._seq = itertools.count()
+        self._heap: list[TimerEntry] = []
         self._dead = 0
         self._alarm_due: int | None = None
         self.lag = LagClock()
@@ -152,9 +165,9 @@ class LoopTimers:
         """Streams watched (dropped entries excluded)."""
         return len(self._heap) - self._dead
 
-    def entries(self) -> list[list[Any]]:
-        """The heap's entries ``[due, seq, core or None]`` (the watchdog copies it: a loop that
-        is not running does not touch it)."""
+    def entries(self) -> list[TimerEntry]:
+        """The heap's entries (``core`` None: dropped; the watchdog copies it: a loop that is
+        not running does not touch it)."""
         return self._heap
 
     def arm(self, core: StreamCore) -> None:
@@ -166,7 +179,7 @@ class LoopTimers:
         if due is None:
             return
         if core.timer_entry is not None:  # armed again: the old entry is dropped
-            core.timer_entry[2] = None
+            core.timer_entry.core = None
             self._dead += 1
         self._push(core, due)
         self._schedule(now)
@@ -177,7 +190,7 @@ class LoopTimers:
         if entry is None:
             return
         core.timer_entry = None
-        entry[2] = None
+        entry.core = None
         self._dead += 1
         if self._dead == len(self._heap):  # nothing left: no alarm, no lag probe
             self._heap.clear()
@@ -185,12 +198,12 @@ class LoopTimers:
             self._set_alarm(None, _monotonic_ns())
             self.lag.reset()
         elif self._dead > 64 and 2 * self._dead > len(self._heap):
-            self._heap = [e for e in self._heap if e[2] is not None]
+            self._heap = [e for e in self._heap if e.core is not None]
             heapq.heapify(self._heap)
             self._dead = 0
 
     def _push(self, core: StreamCore, due: int) -> None:
-        entry: list[Any] = [due, next(self._seq), core]
+        entry = TimerEntry(due, core)
         core.timer_entry = entry
         heapq.heappush(self._heap, entry)
 
@@ -205,9 +218,8 @@ class LoopTimers:
         heap = self._heap
         stops: list[tuple[StreamCore, StopReason]] = []
         try:
-            while heap and heap[0][0] <= now:
-                entry = heapq.heappop(heap)
-                core: StreamCore | None = entry[2]
+            while heap and heap[0].due <= now:
+                core = heapq.heappop(heap).core
                 if core is None:
                     self._dead -= 1
                     continue
@@ -233,7 +245,7 @@ class LoopTimers:
 
     def _schedule(self, now: int) -> None:
         heap = self._heap
-        while heap and heap[0][2] is None:
+        while heap and heap[0].core is None:
             heapq.heappop(heap)
             self._dead -= 1
         if not heap:
@@ -241,7 +253,7 @@ class LoopTimers:
             self.lag.reset()
             return
         # The earliest due stream, or the next lag probe if that comes first.
-        due = min(heap[0][0], now + TICK_NS)
+        due = min(heap[0].due, now + TICK_NS)
         if self._alarm_due is not None and self._alarm_due <= due:
             return
         self._set_alarm(due, now)

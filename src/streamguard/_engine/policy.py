@@ -173,7 +173,7 @@ class PolicyRun:
             return
         category = verdict.category or "blocked"
         if not self.policy.early_termination or core.stop_reason is not None:
-            core.attributes[f"policy.{self.policy.name}"] = category
+            core.set_attributes({f"policy.{self.policy.name}": category})
             return
         message = verdict.message or f"the output was blocked by policy {self.policy.name!r}"
         core.stop_exc = StreamBlocked(
@@ -212,4 +212,4 @@ def finish(core: StreamCore, runs: list[PolicyRun]) -> None:
         if run.policy.strategy == "end_only" or run.chars_since:
             verdict = run.evaluate()
             if not verdict.allowed:
-                core.attributes[f"policy.{run.policy.name}"] = verdict.category or "blocked"
+                core.set_attributes({f"policy.{run.policy.name}": verdict.category or "blocked"})

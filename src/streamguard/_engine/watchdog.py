@@ -291,7 +291,7 @@ def _stop_off_loop(home: Home, now: int, seen_running: int) -> bool:
     # A copy: the loop may start again meanwhile (it then owns its heap; stopping and sealing
     # a core are thread-safe, and a core it stops first makes ours a no-op).
     for entry in list(timers.entries()):
-        core: StreamCore | None = entry[2]
+        core = entry.core
         if core is None or core.phase == FINAL:
             continue
         if core.stop_reason is None:

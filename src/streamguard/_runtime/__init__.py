@@ -133,7 +133,7 @@ class Runtime:
         limits = current_limits()
         scope = current_scope()
         if scope:
-            core.attributes.update(scope)
+            core.set_attributes(scope)
         checks: list[Any] = []
         budgets = self.budgets + limits.budgets
         if budgets:

@@ -66,7 +66,7 @@ def guard(
         )
     sdk, is_async = kind
     core = new_core(sdk, {}, model=model, max_tokens=max_tokens)
-    core.attributes.update(attributes or {})
+    core.set_attributes(attributes or {})
     if sdk == "openai":
         from streamguard.providers.openai._meters import AutoMeter
 

@@ -50,8 +50,7 @@ _CANCEL_OPTIONS: dict[str, Any] = {"timeout": 10.0, "max_retries": 1}
 def mark_background(core: StreamCore) -> None:
     """``core``'s stream is a background response: cutting it prevents nothing by itself."""
     if ATTRIBUTE not in core.attributes:
-        core.attributes[ATTRIBUTE] = "running"
-        core.attributes["billing"] = RUNS_ON_SERVER
+        core.set_attributes({ATTRIBUTE: "running", "billing": RUNS_ON_SERVER})
 
 
 class BackgroundCancel(AfterClose):
@@ -98,12 +97,12 @@ class BackgroundCancel(AfterClose):
 
 
 def _cancelled(core: StreamCore) -> None:
-    core.attributes[ATTRIBUTE] = "cancelled"
-    core.attributes["billing"] = STOPS_ON_ABORT  # the server stopped: the cut prevented the rest
+    # The server stopped: the cut prevented the rest.
+    core.set_attributes({ATTRIBUTE: "cancelled", "billing": STOPS_ON_ABORT})
 
 
 def _failed(core: StreamCore, response_id: str, exc: Exception) -> None:
-    core.attributes[ATTRIBUTE] = "cancel_failed"
+    core.set_attributes({ATTRIBUTE: "cancel_failed"})
     failed = f"cancelling the background response failed ({type(exc).__name__})"
     core.detail = f"{core.detail}; {failed}" if core.detail else failed
     log.warning("StreamGuard could not cancel background response %s: %r", response_id, exc)
