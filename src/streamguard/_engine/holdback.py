@@ -129,7 +129,8 @@ class HoldbackAsyncDriver(AsyncDriver):
         if core.consume_on_next:  # the ask: every unit handed over so far is consumed
             core._asked = core._n
         task = self._current_task()
-        if task is not self._task:
+        followed = core._followed
+        if followed is None or followed[0] is not task:
             self._follow(task)
         while not hold.ready:
             if core.stop_reason is not None:
