@@ -111,6 +111,8 @@ test-newest: $(PY) system-deps
 	rm -rf $(NEWEST_VENV)
 	$(UV) venv -q -p $(PYTHON) $(NEWEST_VENV)
 	VIRTUAL_ENV=$(NEWEST_VENV) $(UV) pip install -q --refresh --upgrade -e '.[test]'
+	# The project's own tool, not a dependency: the wheel-install tests build with the locked uv.
+	VIRTUAL_ENV=$(NEWEST_VENV) $(UV) pip install -q --require-hashes -r requirements/bootstrap.txt
 	@VIRTUAL_ENV=$(NEWEST_VENV) $(UV) pip list 2>/dev/null | grep -E -i \
 		'^(openai|anthropic|ollama|google-genai|mistralai|opentelemetry-(api|sdk|instrumentation)|wrapt|httpx2?) '
 	$(NEWEST_VENV)/bin/python -m pytest -q
