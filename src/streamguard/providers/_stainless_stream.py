@@ -63,7 +63,9 @@ class _Hold:
         return self.strong if self.strong is not None else self.ref()
 
 
-class _Close:
+class _Closer:
+    """What a stream's close reaches: the stream (weakly), its response, core and SDK close."""
+
     __slots__ = ("after", "core", "hold", "response", "sdk_close")
 
     def __init__(
@@ -76,6 +78,10 @@ class _Close:
     ) -> None:
         self.hold, self.response, self.core, self.sdk_close = hold, response, core, sdk_close
         self.after = after
+
+
+class _Close(_Closer):
+    __slots__ = ()
 
     def __call__(self) -> None:
         # The socket is shut first only when the close must not wait for the SDK's: a read
@@ -96,19 +102,8 @@ class _Close:
             self.response.close()
 
 
-class _AClose:
-    __slots__ = ("after", "core", "hold", "response", "sdk_close")
-
-    def __init__(
-        self,
-        hold: _Hold,
-        response: Any,
-        core: StreamCore,
-        sdk_close: Any,
-        after: AfterClose | None,
-    ) -> None:
-        self.hold, self.response, self.core, self.sdk_close = hold, response, core, sdk_close
-        self.after = after
+class _AClose(_Closer):
+    __slots__ = ()
 
     async def __call__(self) -> None:
         # The socket is shut already (the core's abort runs before this is scheduled).
